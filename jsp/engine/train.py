@@ -1,0 +1,103 @@
+"""The training loop, used for both training and fine-tuning stages."""
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from jsp.constraints import Constraint
+from jsp.engine.logger import RunLogger
+
+
+@dataclass
+class LoopSettings:
+    steps: int
+    lr: float
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.01
+    val_every: int = 100
+    log_every: int = 10
+    grad_clip: float = 0.0
+    amp: bool = False
+    channels_last: bool = False
+
+
+def lr_at(step: int, s: LoopSettings) -> float:
+    """Linear warm-up to ``lr``, then cosine decay to ``lr * min_lr_ratio`` at the last step."""
+    if step < s.warmup_steps:
+        return s.lr * (step + 1) / s.warmup_steps
+    progress = (step - s.warmup_steps) / max(1, s.steps - s.warmup_steps)
+    return s.lr * (s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train_loop(
+    model: nn.Module,
+    batches: Iterable,
+    loss_fn: Callable,
+    optimizer: torch.optim.Optimizer,
+    constraint: Constraint,
+    s: LoopSettings,
+    device: torch.device,
+    validate: Callable[[nn.Module], dict],
+    logger: RunLogger,
+    tag: str = "train",
+    val_tag: str = "val",
+) -> dict:
+    """Train for ``s.steps`` steps; validate every ``s.val_every``; end with the best weights.
+
+    batches: yields (x (N, C, p, p), y (N, p, p)) at least ``s.steps`` times.
+    validate: model -> metrics dict with "miou" (the selection criterion).
+    Returns the best validation metrics, with "step" added.
+    """
+    scaler = torch.amp.GradScaler(device.type, enabled=s.amp and device.type == "cuda")
+    best, best_state = {"miou": -1.0}, None
+    it = iter(batches)
+    model.train()
+    bar = tqdm(range(s.steps), desc=tag, disable=None, dynamic_ncols=True)
+    for step in bar:
+        lr = lr_at(step, s)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        x, y = next(it)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if s.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+
+        with torch.autocast(device.type, enabled=s.amp):
+            logits = model(x)
+        task, terms = loss_fn(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(task).backward()
+        # Statistics come from the task-loss gradients alone, before the penalty adds its own.
+        constraint.observe(model, step)
+        penalty = constraint.penalty(model)
+        if penalty.requires_grad:
+            scaler.scale(penalty).backward()
+        if s.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+
+        if step % s.log_every == 0 or step == s.steps - 1:
+            total = task.item() + penalty.item()
+            if not math.isfinite(total):
+                raise FloatingPointError(f"{tag}: loss is {total} at step {step} (task {task.item()}, "
+                                         f"penalty {penalty.item()}); lower trainer.lr or the constraint weights")
+            logger.scalars(f"{tag}/loss", {"total": total, "task": task.item(), **terms, **constraint.terms}, step)
+            logger.scalars(tag, {"lr": lr}, step)
+            bar.set_postfix(loss=f"{total:.4f}", lr=f"{lr:.2e}")
+        if (step + 1) % s.val_every == 0 or step + 1 == s.steps:
+            metrics = validate(model)
+            logger.scalars(val_tag, metrics, step + 1)
+            if metrics["miou"] > best["miou"]:
+                best = {**metrics, "step": step + 1}
+                best_state = copy.deepcopy(model.state_dict())
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return best

@@ -1,0 +1,4 @@
+"""Pruning schedules (the ``schedule`` config group)."""
+from jsp.pruning.schedule import NoPruning
+
+__all__ = ["NoPruning"]
