@@ -89,6 +89,7 @@ def train_loop(
             if not math.isfinite(total):
                 raise FloatingPointError(f"{tag}: loss is {total} at step {step} (task {task.item()}, "
                                          f"penalty {penalty.item()}); lower trainer.lr or the constraint weights")
+            terms = {k: float(v.detach()) for k, v in terms.items()}
             logger.scalars(f"{tag}/loss", {"total": total, "task": task.item(), **terms, **constraint.terms}, step)
             logger.scalars(tag, {"lr": lr}, step)
             bar.set_postfix(loss=f"{total:.4f}", lr=f"{lr:.2e}")

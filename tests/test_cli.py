@@ -1,0 +1,100 @@
+"""jsp-train as a user runs it: a fresh process, a tiny config, outputs read back."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from jsp.engine.checkpoint import load_checkpoint
+from tests.conftest import TINY, TINY_TRAIN, run_cli
+
+BINARY_KEYS = {"miou", "params", "macs", "weight_mb", "f1", "auc", "se", "sp", "acc"}
+
+
+def tags(run_dir: Path) -> tuple[set, set]:
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0})
+    acc.Reload()
+    return set(acc.Tags()["scalars"]), set(acc.Tags()["images"])
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("run") / "out"
+    out = run_cli(*TINY, f"hydra.run.dir={run_dir}", cwd=tmp_path_factory.mktemp("elsewhere"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    return run_dir
+
+
+def test_run_writes_metrics_json(tiny_run):
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert set(metrics) == {"dense", "final"}
+    for stage in metrics.values():
+        assert BINARY_KEYS <= set(stage)
+        assert 0 <= stage["miou"] <= 1 and 0 <= stage["auc"] <= 1
+    assert metrics["final"]["params"] == metrics["dense"]["params"] > 0
+    assert metrics["final"]["time_s"] > 0
+
+
+def test_run_writes_hydra_config_and_checkpoints(tiny_run):
+    assert (tiny_run / ".hydra" / "config.yaml").is_file()
+    ckpt = load_checkpoint(tiny_run / "checkpoints" / "final.pt")  # weights_only: no pickle runs
+    assert all(isinstance(v, torch.Tensor) for v in ckpt["model"].values())
+
+
+def test_run_logs_tensorboard_tags(tiny_run):
+    scalars, images = tags(tiny_run)
+    for tag in ("train/loss/total", "train/loss/task", "train/loss/ce", "train/loss/dice", "train/lr",
+                "val/miou", "val/f1", "test/miou", "test/f1", "test/auc", "test/params", "test/macs",
+                "test/iou/vessel"):
+        assert tag in scalars, tag
+    assert "test/example_0" in images
+    hp = Path(tiny_run / "tensorboard")
+    assert any(p.name.startswith("events") for p in hp.rglob("*")), "no event files"
+
+
+def test_summary_is_printed(tiny_run):
+    log = (tiny_run / "train.log").read_text()
+    assert "stage" in log and "final" in log and "tensorboard --logdir" in log
+
+
+def test_same_seed_same_metrics(tiny_run, tmp_path):
+    out = run_cli(*TINY, f"hydra.run.dir={tmp_path / 'again'}")
+    assert out.returncode == 0, out.stderr
+    first = json.loads((tiny_run / "metrics.json").read_text())
+    again = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    for key in ("miou", "f1", "auc", "params", "macs"):
+        assert first["final"][key] == again["final"][key], key
+
+
+def test_multirun_gives_one_dir_per_job(tmp_path):
+    out = run_cli("-m", *TINY, "seed=0,1", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert out.returncode == 0, out.stdout + out.stderr
+    for job in ("0", "1"):
+        assert (tmp_path / "sweep" / job / "metrics.json").is_file()
+        assert any((tmp_path / "sweep" / job / "tensorboard").iterdir())
+
+
+def test_drive_end_to_end_on_fixture(drive_root, tmp_path):
+    out = run_cli(*TINY_TRAIN, "dataset=drive", f"dataset.root={drive_root}", "dataset.val_count=1",
+                  "dataset.process.patch_size=32", f"hydra.run.dir={tmp_path / 'run'}")
+    assert out.returncode == 0, out.stdout + out.stderr
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert BINARY_KEYS <= set(metrics["final"])
+
+
+def test_missing_drive_is_one_clear_error(tmp_path):
+    out = run_cli("dataset=drive", f"dataset.root={tmp_path / 'nowhere'}", f"hydra.run.dir={tmp_path / 'run'}",
+                  cwd=tmp_path)
+    assert out.returncode != 0
+    text = out.stdout + out.stderr
+    assert "does not exist" in text and "training/1st_manual" in text
+    assert "Traceback" not in text
+
+
+def test_cuda_without_gpu_is_a_clear_error(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    out = run_cli(*TINY, "trainer.device=cuda", f"hydra.run.dir={tmp_path / 'run'}")
+    assert out.returncode != 0 and "no CUDA GPU" in out.stdout + out.stderr
+    assert "Traceback" not in out.stdout + out.stderr

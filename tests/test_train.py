@@ -1,0 +1,78 @@
+import math
+
+import pytest
+import torch
+
+from jsp.constraints import NoConstraint
+from jsp.engine.checkpoint import load_checkpoint, save_checkpoint
+from jsp.engine.logger import RunLogger
+from jsp.engine.train import LoopSettings, lr_at, train_loop
+from jsp.errors import JSPError
+
+
+def test_lr_warmup_then_cosine():
+    s = LoopSettings(steps=110, lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_at(0, s) == pytest.approx(0.1)
+    assert lr_at(9, s) == pytest.approx(1.0)
+    assert lr_at(10, s) == pytest.approx(1.0)
+    assert lr_at(60, s) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr_at(110, s) == pytest.approx(0.1)
+
+
+def _toy():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1))
+    x = torch.randn(4, 1, 8, 8)
+    y = (x[:, 0] > 0).long()
+    return model, [(x, y)] * 100
+
+
+def _ce(logits, y):
+    loss = torch.nn.functional.cross_entropy(logits, y)
+    return loss, {"ce": loss}
+
+
+def test_loop_learns_and_keeps_best_validation_weights(tmp_path):
+    model, batches = _toy()
+    x, y = batches[0]
+    before = _ce(model(x), y)[0].item()
+    seen = []
+
+    def validate(m):  # pretend validation gets worse after the first check
+        seen.append({k: v.clone() for k, v in m.state_dict().items()})
+        return {"miou": 1.0 / len(seen)}
+
+    logger = RunLogger(tmp_path)
+    best = train_loop(model, batches, _ce, torch.optim.SGD(model.parameters(), lr=0.5), NoConstraint(),
+                      LoopSettings(steps=40, lr=0.5, val_every=10), torch.device("cpu"), validate, logger)
+    logger.close()
+    assert best["step"] == 10 and len(seen) == 4
+    assert all(torch.equal(v, seen[0][k]) for k, v in model.state_dict().items())
+    assert _ce(model(x), y)[0].item() < before
+
+
+def test_loop_stops_on_non_finite_loss(tmp_path):
+    model, batches = _toy()
+    bad = lambda logits, y: (logits.sum() * math.inf, {})
+    with pytest.raises(FloatingPointError, match="step 0"):
+        train_loop(model, batches, bad, torch.optim.SGD(model.parameters(), lr=0.1), NoConstraint(),
+                   LoopSettings(steps=5, lr=0.1), torch.device("cpu"), lambda m: {"miou": 0}, RunLogger(tmp_path))
+
+
+def test_checkpoint_roundtrip_without_pickle(tmp_path):
+    model = torch.nn.Conv2d(1, 2, 3)
+    path = save_checkpoint(tmp_path / "c" / "x.pt", model=model.state_dict(), stage="dense")
+    assert not path.with_name("x.pt.tmp").exists()
+    loaded = load_checkpoint(path)
+    assert loaded["stage"] == "dense" and torch.equal(loaded["model"]["weight"], model.weight)
+
+
+def test_checkpoint_errors_are_clear(tmp_path):
+    with pytest.raises(JSPError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(JSPError, match="not a readable jsp checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"weights": 1}, tmp_path / "other.pt")
+    with pytest.raises(JSPError, match="no 'model' entry"):
+        load_checkpoint(tmp_path / "other.pt")
