@@ -77,8 +77,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
     channels_last = tr.channels_last == "auto" and device.type == "cuda" or tr.channels_last is True
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    constraint = instantiate(cfg.constraint)
-    constraint.attach(model)
+    constraint = instantiate(cfg.constraint).attach(model, c_in)
     schedule = instantiate(cfg.schedule)
     loss_fn = instantiate(tr.loss, ignore_index=data.ignore_index)
     logger = RunLogger(run_dir)
@@ -91,14 +90,29 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
     def cost() -> dict:
         return cost_report(model, c_in, data.full_size, tr.latency_reps)
 
+    def log_units(step: int) -> dict:
+        """Per-layer unit statistics to TensorBoard; returns the switched-off fractions."""
+        report = constraint.unit_report()
+        logger.scalars("units", {"off_fraction": report["units_off"]}, step)
+        logger.scalars("units/off_fraction_layer", report["units_off_layers"], step)
+        logger.histograms("units/norm", {l.name: l.norms() for l in constraint.layers}, step)
+        for stat, per_layer in constraint.statistics().items():
+            logger.histograms(f"units/{stat}", per_layer, step)
+        return report
+
+    def validate(m, step: int) -> dict:
+        log_units(step)
+        return eval_on("val")[0]
+
     def test_stage(name: str, prefix: str, step: int) -> dict:
         metrics, examples = eval_on("test", tr.eval_examples)
         metrics.update(cost())
+        metrics.update(log_units(step), constraint=constraint.settings())
         logger.scalars(prefix, metrics, step)
         logger.examples(prefix, examples, step)
         logger.stage(name, metrics)
-        log.info("%s: test mIoU %.4f | params %s | MACs %.3g", name, metrics["miou"], metrics["params"],
-                 metrics["macs"])
+        log.info("%s: test mIoU %.4f | params %s | MACs %.3g | units off %.1f%%", name, metrics["miou"],
+                 metrics["params"], metrics["macs"], 100 * metrics["units_off"])
         return metrics
 
     def stage_loop(steps: int, tag: str, val_tag: str, seed: int) -> dict:
@@ -110,19 +124,20 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
         optimizer = instantiate(tr.optimizer)(model.parameters())
         batches = patch_loader(splits["train"], process, steps, tr.batch_size, seed, tr.num_workers, device)
         best = train_loop(model, batches, loss_fn, optimizer, constraint, settings, device,
-                          lambda m: eval_on("val")[0], logger, tag=tag, val_tag=val_tag)
+                          validate, logger, tag=tag, val_tag=val_tag)
         log.info("%s: best val mIoU %.4f at step %d", tag, best["miou"], best["step"])
         return best
 
     # Stage 1: train (with the constraint), keep the best validation weights.
     best_val = stage_loop(tr.steps, "train", "val", cfg.seed)
     save_checkpoint(run_dir / "checkpoints" / "dense.pt", model=model.state_dict(), stage="dense",
-                    val_miou=best_val["miou"])
+                    val_miou=best_val["miou"], constraint=constraint.state_dict())
     dense = test_stage("dense", "test", tr.steps)
     # Stages 2..: the schedule's prune -> fine-tune rounds go here; schedule=none has none.
     final = {**dense, "time_s": time.time() - t_start}
     logger.stage("final", final)
-    save_checkpoint(run_dir / "checkpoints" / "final.pt", model=model.state_dict(), stage="final")
+    save_checkpoint(run_dir / "checkpoints" / "final.pt", model=model.state_dict(), stage="final",
+                    constraint=constraint.state_dict())
     choices = _choices(cfg)
     logger.hparams({**choices, "seed": cfg.seed, "steps": tr.steps,
                     **flatten(constraint.settings(), "constraint"), **flatten(schedule.settings(), "schedule"),
@@ -151,10 +166,10 @@ def _model_hparams(cfg: DictConfig) -> dict:
 def _summary(metrics: dict, run_dir: Path, choices: dict) -> None:
     keys = [k for k in ("miou", "f1", "auc", "se", "sp", "acc") if k in metrics["final"]]
     lines = [f"jsp run: {', '.join(f'{g}={c}' for g, c in choices.items())}",
-             f"{'stage':<10}" + "".join(f"{k:>9}" for k in keys) + f"{'params':>12}{'MMACs':>11}{'MB':>8}"]
+             f"{'stage':<10}" + "".join(f"{k:>9}" for k in keys) + f"{'params':>12}{'MMACs':>11}{'MB':>8}{'off%':>7}"]
     for name, m in metrics.items():
         lines.append(f"{name:<10}" + "".join(f"{m[k]:>9.4f}" for k in keys)
-                     + f"{m['params']:>12,}{m['macs'] / 1e6:>11.1f}{m['weight_mb']:>8.2f}")
+                     + f"{m['params']:>12,}{m['macs'] / 1e6:>11.1f}{m['weight_mb']:>8.2f}{100 * m['units_off']:>7.1f}")
     lines.append(f"time {metrics['final']['time_s']:.0f} s; outputs in {run_dir} "
                  f"(tensorboard --logdir {run_dir / 'tensorboard'})")
     log.info("\n" + "\n".join(lines))

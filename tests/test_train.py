@@ -38,7 +38,7 @@ def test_loop_learns_and_keeps_best_validation_weights(tmp_path):
     before = _ce(model(x), y)[0].item()
     seen = []
 
-    def validate(m):  # pretend validation gets worse after the first check
+    def validate(m, step):  # pretend validation gets worse after the first check
         seen.append({k: v.clone() for k, v in m.state_dict().items()})
         return {"miou": 1.0 / len(seen)}
 
@@ -56,7 +56,7 @@ def test_loop_stops_on_non_finite_loss(tmp_path):
     bad = lambda logits, y: (logits.sum() * math.inf, {})
     with pytest.raises(FloatingPointError, match="step 0"):
         train_loop(model, batches, bad, torch.optim.SGD(model.parameters(), lr=0.1), NoConstraint(),
-                   LoopSettings(steps=5, lr=0.1), torch.device("cpu"), lambda m: {"miou": 0}, RunLogger(tmp_path))
+                   LoopSettings(steps=5, lr=0.1), torch.device("cpu"), lambda m, step: {"miou": 0}, RunLogger(tmp_path))
 
 
 def test_checkpoint_roundtrip_without_pickle(tmp_path):

@@ -1,35 +1,61 @@
 """The constraint interface: statistics from gradients, and a penalty added to the task loss.
 
 The training loop calls, every step:
-    task.backward()                    # gradients of the task loss only
-    constraint.observe(model, step)    # update statistics from those gradients
-    constraint.penalty(model).backward()
-so statistics such as gradient activity never see the penalty's own gradients.
+    loss = task + constraint.penalty(model)
+    loss.backward()
+    constraint.observe(model, step)    # statistics from the task-loss part of the gradients
+A constraint that needs the task-loss gradient alone (gradient counting) separates the
+penalty's contribution itself (see jsp.constraints.jsp._Tap).
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from jsp.constraints.units import UnitLayer, find_units, off_fractions
+from jsp.errors import ConfigError
+
 
 class Constraint:
-    """Base class and the ``none`` option: no statistics, zero penalty."""
+    """Base class and the ``none`` option: no statistics, zero penalty.
 
-    #: scalar terms of the last penalty, for logging (e.g. {"sparse": 0.1}).
-    terms: dict[str, float]
+    Every constraint knows the model's units, so each run can report how many units are
+    switched off (norm <= eps times the largest of its layer), whatever trained it.
+    """
 
-    def __init__(self):
-        self.terms = {}
+    def __init__(self, eps: float = 0.01):
+        if not 0 <= eps < 1:
+            raise ConfigError(f"constraint.eps must be in [0, 1), got {eps}")
+        self.eps = eps
+        self.layers: list[UnitLayer] = []
+        #: weighted terms of the last penalty, for logging (e.g. {"sparse": tensor(0.1)}).
+        self.terms: dict[str, torch.Tensor | float] = {}
 
-    def attach(self, model: nn.Module) -> None:
-        """Find the units of ``model``; called once before training and after any surgery."""
+    def attach(self, model: nn.Module, in_channels: int | None = None, size: int | None = None):
+        """Find the units of ``model``; call once before training and again after any surgery."""
+        self.layers = find_units(model, in_channels, size)
+        self._align()
+        return self
 
-    def observe(self, model: nn.Module, step: int) -> None:
-        """Update statistics after the task-loss backward pass."""
+    def _align(self) -> None:
+        """Fit per-unit statistics to ``self.layers`` (after attach or load_state_dict)."""
+
+    def observe(self, model: nn.Module, step: int | None = None) -> None:
+        """Update statistics after the backward pass."""
 
     def penalty(self, model: nn.Module) -> torch.Tensor:
         """Scalar tensor added to the loss (zero, not requiring grad, for ``none``)."""
         return torch.zeros((), device=next(model.parameters()).device)
+
+    def statistics(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Per-unit statistics by name, then by layer, e.g. {"activity": {"inc.0": (U,)}}."""
+        return {}
+
+    def unit_report(self) -> dict:
+        """Fractions of switched-off units, overall and per layer."""
+        total, per_layer = off_fractions(self.layers, self.eps)
+        return {"units_off": total, "units_total": sum(l.size for l in self.layers),
+                "units_off_layers": per_layer}
 
     def state_dict(self) -> dict:
         return {}
@@ -39,7 +65,7 @@ class Constraint:
 
     def settings(self) -> dict:
         """Hyper-parameters, recorded in metrics.json and the TensorBoard hparams."""
-        return {}
+        return {"eps": self.eps}
 
 
 class NoConstraint(Constraint):

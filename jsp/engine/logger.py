@@ -34,6 +34,12 @@ class RunLogger:
         for tag, value in flatten(values, prefix).items():
             self.writer.add_scalar(tag, value, step)
 
+    def histograms(self, prefix: str, values: dict, step: int) -> None:
+        """values: {name: 1-D tensor} -> one histogram per name under ``prefix``."""
+        for name, tensor in values.items():
+            if tensor.numel():
+                self.writer.add_histogram(f"{prefix}/{name}", tensor.detach().float().cpu(), step)
+
     def examples(self, prefix: str, examples: list[dict], step: int) -> None:
         for i, example in enumerate(examples):
             self.writer.add_image(f"{prefix}/example_{i}", example_panel(example), step, dataformats="HWC")
@@ -49,7 +55,7 @@ class RunLogger:
     def hparams(self, hparams: dict, final: dict) -> None:
         """One HParams-tab row: the run's settings and its final metrics."""
         clean = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in hparams.items()}
-        keys = ("miou", "f1", "auc", "params", "macs", "weight_mb")
+        keys = ("miou", "f1", "auc", "params", "macs", "weight_mb", "units_off")
         metrics = {f"hparams/{k}": float(final[k]) for k in keys if isinstance(final.get(k), (int, float))}
         self.writer.add_hparams(clean, metrics, run_name=".")
 

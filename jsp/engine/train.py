@@ -35,6 +35,29 @@ def lr_at(step: int, s: LoopSettings) -> float:
     return s.lr * (s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def train_step(model, x, y, loss_fn, optimizer, constraint: Constraint, scaler, step: int,
+               device: torch.device, amp: bool = False, channels_last: bool = False,
+               grad_clip: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """One optimisation step on batch (x (N, C, p, p), y (N, p, p)); returns (task, penalty, terms)."""
+    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device.type, enabled=amp):
+        logits = model(x)
+    task, terms = loss_fn(logits, y)
+    penalty = constraint.penalty(model)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(task + penalty).backward()
+    # Statistics (e.g. gradient activity) from the task-loss part of the gradients.
+    constraint.observe(model, step)
+    if grad_clip > 0:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return task, penalty, terms
+
+
 def train_loop(
     model: nn.Module,
     batches: Iterable,
@@ -43,7 +66,7 @@ def train_loop(
     constraint: Constraint,
     s: LoopSettings,
     device: torch.device,
-    validate: Callable[[nn.Module], dict],
+    validate: Callable[[nn.Module, int], dict],
     logger: RunLogger,
     tag: str = "train",
     val_tag: str = "val",
@@ -51,7 +74,7 @@ def train_loop(
     """Train for ``s.steps`` steps; validate every ``s.val_every``; end with the best weights.
 
     batches: yields (x (N, C, p, p), y (N, p, p)) at least ``s.steps`` times.
-    validate: model -> metrics dict with "miou" (the selection criterion).
+    validate: (model, step) -> metrics dict with "miou" (the selection criterion).
     Returns the best validation metrics, with "step" added.
     """
     scaler = torch.amp.GradScaler(device.type, enabled=s.amp and device.type == "cuda")
@@ -64,37 +87,20 @@ def train_loop(
         for group in optimizer.param_groups:
             group["lr"] = lr
         x, y = next(it)
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if s.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-
-        with torch.autocast(device.type, enabled=s.amp):
-            logits = model(x)
-        task, terms = loss_fn(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(task).backward()
-        # Statistics come from the task-loss gradients alone, before the penalty adds its own.
-        constraint.observe(model, step)
-        penalty = constraint.penalty(model)
-        if penalty.requires_grad:
-            scaler.scale(penalty).backward()
-        if s.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
+        task, penalty, terms = train_step(model, x, y, loss_fn, optimizer, constraint, scaler, step,
+                                          device, s.amp, s.channels_last, s.grad_clip)
 
         if step % s.log_every == 0 or step == s.steps - 1:
             total = task.item() + penalty.item()
             if not math.isfinite(total):
                 raise FloatingPointError(f"{tag}: loss is {total} at step {step} (task {task.item()}, "
                                          f"penalty {penalty.item()}); lower trainer.lr or the constraint weights")
-            terms = {k: float(v.detach()) for k, v in terms.items()}
-            logger.scalars(f"{tag}/loss", {"total": total, "task": task.item(), **terms, **constraint.terms}, step)
+            terms = {k: float(torch.as_tensor(v).detach()) for k, v in {**terms, **constraint.terms}.items()}
+            logger.scalars(f"{tag}/loss", {"total": total, "task": task.item(), **terms}, step)
             logger.scalars(tag, {"lr": lr}, step)
             bar.set_postfix(loss=f"{total:.4f}", lr=f"{lr:.2e}")
         if (step + 1) % s.val_every == 0 or step + 1 == s.steps:
-            metrics = validate(model)
+            metrics = validate(model, step + 1)
             logger.scalars(val_tag, metrics, step + 1)
             if metrics["miou"] > best["miou"]:
                 best = {**metrics, "step": step + 1}

@@ -1,0 +1,91 @@
+"""Cost of the JSP constraint: training-step time with constraint=none vs constraint=jsp.
+
+Both models start from the same weights and see the same batches of the default synthetic
+config; blocks of steps alternate between them (interleaved, so machine noise hits both
+alike), and the median block time per step is compared.
+
+    python scripts/bench_constraints.py [--width 16] [--rounds 12] [--block 10] [--out FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from jsp.constraints import JSPConstraint, NoConstraint
+from jsp.data import PatchDataset, make_synthetic, prepare
+from jsp.engine.losses import CEDiceLoss
+from jsp.engine.train import train_step
+from jsp.models import UNet
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--depth", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--patch", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=12)
+    ap.add_argument("--block", type=int, default=10, help="steps per timed block")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out", default="outputs/bench_constraints.json")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    data = make_synthetic()
+    patches = PatchDataset(prepare(data.train), args.patch, args.batch * args.block, seed=0)
+    loader = torch.utils.data.DataLoader(patches, batch_size=args.batch)
+    batches = [b for b in loader]  # preloaded: time the step, not the data
+
+    base = UNet(3, 2, args.width, args.depth).to(device)
+    runs = {}
+    for name, constraint in (("none", NoConstraint()), ("jsp", JSPConstraint())):
+        model = copy.deepcopy(base)
+        runs[name] = dict(model=model, constraint=constraint.attach(model),
+                          opt=torch.optim.AdamW(model.parameters(), 1e-3),
+                          scaler=torch.amp.GradScaler(device.type, enabled=False), step=0, times=[])
+    loss_fn = CEDiceLoss()
+
+    def block(r, timed: bool):
+        t0 = time.perf_counter()
+        for x, y in batches:
+            train_step(r["model"], x, y, loss_fn, r["opt"], r["constraint"], r["scaler"], r["step"], device)
+            r["step"] += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if timed:
+            r["times"].append((time.perf_counter() - t0) / len(batches))
+
+    for r in runs.values():  # warm-up
+        block(r, timed=False)
+    for i in range(args.rounds):
+        order = ("none", "jsp") if i % 2 == 0 else ("jsp", "none")
+        for name in order:
+            block(runs[name], timed=True)
+
+    result = {name: statistics.median(r["times"]) * 1000 for name, r in runs.items()}
+    report = {
+        "step_ms_none": result["none"],
+        "step_ms_jsp": result["jsp"],
+        "ratio": result["jsp"] / result["none"],
+        "overhead_pct": 100 * (result["jsp"] / result["none"] - 1),
+        "config": vars(args) | {"redund_every": runs["jsp"]["constraint"].redund_every},
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+                   f"torch {torch.__version__}, {args.device}",
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    print(f"step time none {report['step_ms_none']:.1f} ms | jsp {report['step_ms_jsp']:.1f} ms | "
+          f"ratio {report['ratio']:.3f} ({report['overhead_pct']:+.1f}%)")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
