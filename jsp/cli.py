@@ -22,15 +22,37 @@ def train_main(cfg: DictConfig) -> float:
     """Run one job; returns test mIoU so sweepers can optimise it."""
     from jsp.pipeline import run
 
+    metrics = _guarded(run, cfg, HydraConfig.get().runtime.output_dir)
+    return metrics["final"]["miou"]
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
+def eval_main(cfg: DictConfig) -> float:
+    """Evaluate a saved model (dense or pruned) on a test split."""
+    from jsp.tools import evaluate_saved
+
+    result = _guarded(evaluate_saved, cfg, Path(HydraConfig.get().runtime.output_dir))
+    return result["metrics"]["miou"]
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="export")
+def export_main(cfg: DictConfig) -> None:
+    """Export a saved model to TorchScript and ONNX."""
+    from jsp.tools import export_saved
+
+    _guarded(export_saved, cfg)
+
+
+def _guarded(fn, *args):
+    """Run ``fn``; a JSPError becomes one logged line and exit code 2 (JSP_DEBUG=1 shows the traceback)."""
     try:
-        metrics = run(cfg, HydraConfig.get().runtime.output_dir)
+        return fn(*args)
     except JSPError as e:
         if os.environ.get("JSP_DEBUG"):
             raise
         log.error("%s", e)
         sys.exit(2)
-    return metrics["final"]["miou"]
 
 
 if __name__ == "__main__":
-    train_main()
+    {"eval": eval_main, "export": export_main}.get(os.environ.get("JSP_ENTRY", ""), train_main)()

@@ -19,6 +19,7 @@ TINY_TRAIN = [
     "model.width=4", "model.depth=2",
     "trainer.steps=6", "trainer.batch_size=2", "trainer.val_every=3", "trainer.log_every=2",
     "trainer.warmup_steps=1", "trainer.latency_reps=1", "trainer.device=cpu",
+    "schedule.finetune_steps=4",
 ]
 TINY = TINY_SYNTHETIC + TINY_TRAIN
 
@@ -50,9 +51,9 @@ def drive_root(tmp_path: Path) -> Path:
     return write_drive(tmp_path / "DRIVE")
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run ``jsp-train`` in a fresh process (as a user would), from ``cwd``."""
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300, entry: str = "train") -> subprocess.CompletedProcess:
+    """Run ``jsp-train`` (or ``jsp-eval`` / ``jsp-export`` with entry=) in a fresh process, from ``cwd``."""
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "JSP_ENTRY": entry}
     env.pop("JSP_DEBUG", None)
     return subprocess.run([sys.executable, "-m", "jsp.cli", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)

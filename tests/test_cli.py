@@ -6,7 +6,6 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from jsp.engine.checkpoint import load_checkpoint
 from tests.conftest import TINY, TINY_TRAIN, run_cli
 
 BINARY_KEYS = {"miou", "params", "macs", "weight_mb", "f1", "auc", "se", "sp", "acc"}
@@ -21,34 +20,39 @@ def tags(run_dir: Path) -> tuple[set, set]:
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("run") / "out"
-    out = run_cli(*TINY, f"hydra.run.dir={run_dir}", cwd=tmp_path_factory.mktemp("elsewhere"))
+    out = run_cli(*TINY, "schedule.keep_params=0.5", f"hydra.run.dir={run_dir}",
+                  cwd=tmp_path_factory.mktemp("elsewhere"))
     assert out.returncode == 0, out.stdout + out.stderr
     return run_dir
 
 
 def test_run_writes_metrics_json(tiny_run):
     metrics = json.loads((tiny_run / "metrics.json").read_text())
-    assert set(metrics) == {"dense", "final"}
+    assert set(metrics) == {"dense", "pruned", "finetuned", "final"}  # the default: the whole method
     for stage in metrics.values():
         assert BINARY_KEYS <= set(stage)
         assert 0 <= stage["miou"] <= 1 and 0 <= stage["auc"] <= 1
-    assert metrics["final"]["params"] == metrics["dense"]["params"] > 0
+    assert metrics["final"]["params"] == metrics["finetuned"]["params"] < metrics["dense"]["params"]
+    assert metrics["pruned"]["params_ratio"] == metrics["final"]["params"] / metrics["dense"]["params"]
+    assert metrics["final"]["params_ratio"] == pytest.approx(0.5, abs=0.02)
     assert metrics["final"]["time_s"] > 0
 
 
 def test_run_writes_hydra_config_and_checkpoints(tiny_run):
     assert (tiny_run / ".hydra" / "config.yaml").is_file()
-    ckpt = load_checkpoint(tiny_run / "checkpoints" / "final.pt")  # weights_only: no pickle runs
-    assert all(isinstance(v, torch.Tensor) for v in ckpt["model"].values())
+    for stage in ("dense", "pruned", "finetuned", "final"):
+        assert (tiny_run / "checkpoints" / stage / "model.json").is_file()
+        assert (tiny_run / "checkpoints" / stage / "model.safetensors").is_file()
 
 
 def test_run_logs_tensorboard_tags(tiny_run):
     scalars, images = tags(tiny_run)
     for tag in ("train/loss/total", "train/loss/task", "train/loss/ce", "train/loss/dice", "train/lr",
                 "val/miou", "val/f1", "test/miou", "test/f1", "test/auc", "test/params", "test/macs",
-                "test/iou/vessel"):
+                "test/iou/vessel", "prune/test/miou", "prune/test/params", "finetune/loss/task",
+                "finetune/val/miou", "finetune/test/miou", "finetune/test/macs", "prune/surgery_s"):
         assert tag in scalars, tag
-    assert "test/example_0" in images
+    assert "test/example_0" in images and "finetune/test/example_0" in images
     hp = Path(tiny_run / "tensorboard")
     assert any(p.name.startswith("events") for p in hp.rglob("*")), "no event files"
 
@@ -59,7 +63,7 @@ def test_summary_is_printed(tiny_run):
 
 
 def test_same_seed_same_metrics(tiny_run, tmp_path):
-    out = run_cli(*TINY, f"hydra.run.dir={tmp_path / 'again'}")
+    out = run_cli(*TINY, "schedule.keep_params=0.5", f"hydra.run.dir={tmp_path / 'again'}")
     assert out.returncode == 0, out.stderr
     first = json.loads((tiny_run / "metrics.json").read_text())
     again = json.loads((tmp_path / "again" / "metrics.json").read_text())
@@ -98,3 +102,47 @@ def test_cuda_without_gpu_is_a_clear_error(tmp_path):
     out = run_cli(*TINY, "trainer.device=cuda", f"hydra.run.dir={tmp_path / 'run'}")
     assert out.returncode != 0 and "no CUDA GPU" in out.stdout + out.stderr
     assert "Traceback" not in out.stdout + out.stderr
+
+
+def test_jsp_eval_reproduces_the_run_in_a_fresh_process(tiny_run, tmp_path):
+    out = run_cli(f"checkpoint={tiny_run}", f"hydra.run.dir={tmp_path / 'eval'}", entry="eval")
+    assert out.returncode == 0, out.stdout + out.stderr
+    result = json.loads((tmp_path / "eval" / "eval_metrics.json").read_text())
+    final = json.loads((tiny_run / "metrics.json").read_text())["final"]
+    assert result["matches_saved"] is True and result["stage"] == "final"
+    for key in ("miou", "f1", "auc", "se", "sp", "acc", "params", "macs"):
+        assert result["metrics"][key] == final[key], key
+
+
+def test_jsp_eval_of_a_stage_on_another_dataset(tiny_run, drive_root, tmp_path):
+    out = run_cli(f"checkpoint={tiny_run / 'checkpoints' / 'dense'}", "dataset=drive", f"dataset.root={drive_root}",
+                  "dataset.val_count=1", f"hydra.run.dir={tmp_path / 'eval'}", entry="eval")
+    assert out.returncode == 0, out.stdout + out.stderr
+    result = json.loads((tmp_path / "eval" / "eval_metrics.json").read_text())
+    assert result["stage"] == "dense" and 0 <= result["metrics"]["miou"] <= 1
+
+
+def test_jsp_eval_of_a_missing_checkpoint_is_one_clear_error(tmp_path):
+    out = run_cli(f"checkpoint={tmp_path / 'nothing'}", f"hydra.run.dir={tmp_path / 'eval'}", entry="eval")
+    assert out.returncode == 2 and "not a saved jsp model" in out.stdout + out.stderr
+    assert "Traceback" not in out.stdout + out.stderr
+
+
+def test_jsp_export_writes_torchscript_and_onnx(tiny_run, tmp_path):
+    formats = "[torchscript,onnx]"
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        formats = "[torchscript]"
+    out = run_cli(f"checkpoint={tiny_run}", f"out={tmp_path}", f"formats={formats}", entry="export")
+    assert out.returncode == 0, out.stdout + out.stderr
+    from jsp.models.saved import load_model
+
+    model, _ = load_model(tiny_run / "checkpoints" / "final")
+    scripted = torch.jit.load(str(tmp_path / "model.torchscript.pt"))
+    x = torch.randn(1, 3, 48, 48)
+    torch.testing.assert_close(scripted(x), model(x))
+    if formats.endswith("onnx]"):
+        import onnx
+
+        onnx.checker.check_model(onnx.load(str(tmp_path / "model.onnx")))

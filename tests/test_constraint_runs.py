@@ -22,7 +22,7 @@ def test_every_constraint_option_is_covered():
 @pytest.mark.parametrize("name", sorted(TERMS))
 def test_constraint_runs_end_to_end_and_logs_terms(name, tmp_path):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[*TINY, f"constraint={name}"])
+        cfg = compose(config_name="train", overrides=[*TINY, f"constraint={name}", "schedule=none"])
     metrics = run(cfg, tmp_path)
     final = metrics["final"]
     assert 0 <= final["units_off"] <= 1 and final["units_total"] > 0

@@ -33,9 +33,25 @@ class Constraint:
 
     def attach(self, model: nn.Module, in_channels: int | None = None, size: int | None = None):
         """Find the units of ``model``; call once before training and again after any surgery."""
+        self._trace = (in_channels, size)
         self.layers = find_units(model, in_channels, size)
         self._align()
         return self
+
+    def after_surgery(self, model: nn.Module, removed: dict[str, list[int]]) -> None:
+        """Re-find the units of a pruned ``model``; per-unit statistics follow the kept units.
+
+        removed: {layer name: removed output-channel indices}.
+        """
+        state = self.state_dict()
+        for per_layer in state.values():
+            for name, idxs in removed.items():
+                if name in per_layer:
+                    keep = torch.ones(len(per_layer[name]), dtype=torch.bool)
+                    keep[idxs] = False
+                    per_layer[name] = per_layer[name][keep]
+        self.attach(model, *self._trace)
+        self.load_state_dict(state)
 
     def _align(self) -> None:
         """Fit per-unit statistics to ``self.layers`` (after attach or load_state_dict)."""
@@ -70,3 +86,23 @@ class Constraint:
 
 class NoConstraint(Constraint):
     """Plain training."""
+
+
+class Scaled(Constraint):
+    """Another constraint with its penalty multiplied by ``scale`` (e.g. during fine-tuning);
+    statistics keep updating in the wrapped constraint."""
+
+    def __init__(self, inner: Constraint, scale: float):
+        super().__init__(eps=inner.eps)
+        self.inner, self.scale, self.layers = inner, scale, inner.layers
+
+    def observe(self, model, step=None):
+        self.inner.observe(model, step)
+
+    def penalty(self, model):
+        if self.scale == 0:
+            self.terms = {}
+            return super().penalty(model)
+        p = self.inner.penalty(model) * self.scale
+        self.terms = {k: v * self.scale for k, v in self.inner.terms.items()}
+        return p

@@ -25,6 +25,7 @@ class LoopSettings:
     grad_clip: float = 0.0
     amp: bool = False
     channels_last: bool = False
+    first_step: int = 0   # global step of this stage's first step (TensorBoard x axis)
 
 
 def lr_at(step: int, s: LoopSettings) -> float:
@@ -96,12 +97,12 @@ def train_loop(
                 raise FloatingPointError(f"{tag}: loss is {total} at step {step} (task {task.item()}, "
                                          f"penalty {penalty.item()}); lower trainer.lr or the constraint weights")
             terms = {k: float(torch.as_tensor(v).detach()) for k, v in {**terms, **constraint.terms}.items()}
-            logger.scalars(f"{tag}/loss", {"total": total, "task": task.item(), **terms}, step)
-            logger.scalars(tag, {"lr": lr}, step)
+            logger.scalars(f"{tag}/loss", {"total": total, "task": task.item(), **terms}, s.first_step + step)
+            logger.scalars(tag, {"lr": lr}, s.first_step + step)
             bar.set_postfix(loss=f"{total:.4f}", lr=f"{lr:.2e}")
         if (step + 1) % s.val_every == 0 or step + 1 == s.steps:
-            metrics = validate(model, step + 1)
-            logger.scalars(val_tag, metrics, step + 1)
+            metrics = validate(model, s.first_step + step + 1)
+            logger.scalars(val_tag, metrics, s.first_step + step + 1)
             if metrics["miou"] > best["miou"]:
                 best = {**metrics, "step": step + 1}
                 best_state = copy.deepcopy(model.state_dict())

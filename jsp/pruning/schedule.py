@@ -1,17 +1,76 @@
-"""Pruning schedules: which prune -> fine-tune rounds follow training.
+"""Pruning schedules: the prune -> fine-tune rounds that follow training.
 
-A schedule yields one target per round; the pipeline prunes to it, fine-tunes and evaluates.
+``rounds=0`` is ``schedule=none`` (keep the dense network), ``rounds=1`` is one-shot, more
+rounds is iterative: round i keeps ``keep ** (i / rounds)`` of the dense cost, so the rounds
+remove equal fractions of what is left.
 """
 from __future__ import annotations
 
+from jsp.errors import ConfigError
+from jsp.pruning.importance import IMPORTANCES
+from jsp.pruning.pruner import Target
 
-class NoPruning:
-    """``schedule=none``: the dense network trained by the train stage is the result."""
 
-    finetune_steps = 0
+class Schedule:
+    """Args:
+        rounds: number of prune -> fine-tune rounds (0 = no pruning).
+        importance: how units are ranked (one of IMPORTANCES).
+        keep_params: keep this fraction of the dense parameters (None: not a parameter budget).
+        keep_macs: keep this fraction of the dense MACs (None: not a MAC budget).
+            With neither, the target is ``threshold``: remove the units switched off
+            (norm <= eps * the largest norm of their layer).
+        min_channels: never leave a channel group narrower than this.
+        round_to: round kept widths up to a multiple of this (1 = no rounding).
+        finetune_steps: training steps after each pruning (0 = no fine-tuning).
+        finetune_lr_scale: fine-tuning peak lr = trainer.lr * this.
+        constraint_scale: the constraint's weight during fine-tuning, relative to training.
+        seed: for the ``random`` importance.
+    """
 
-    def rounds(self) -> list:
-        return []
+    def __init__(self, rounds: int = 1, importance: str = "jsp", keep_params: float | None = None,
+                 keep_macs: float | None = None, eps: float = 0.01, min_channels: int = 2, round_to: int = 1,
+                 finetune_steps: int = 300, finetune_lr_scale: float = 0.3, constraint_scale: float = 0.0,
+                 seed: int = 0):
+        if rounds < 0:
+            raise ConfigError(f"schedule.rounds must be >= 0, got {rounds}")
+        if importance not in IMPORTANCES:
+            raise ConfigError(f"schedule.importance must be one of {list(IMPORTANCES)}, got {importance!r}")
+        if keep_params is not None and keep_macs is not None:
+            raise ConfigError("set schedule.keep_params or schedule.keep_macs, not both")
+        for name, v in (("keep_params", keep_params), ("keep_macs", keep_macs)):
+            if v is not None and not 0 < v <= 1:
+                raise ConfigError(f"schedule.{name} must be in (0, 1], got {v}")
+        if min_channels < 1 or round_to < 1 or finetune_steps < 0 or constraint_scale < 0:
+            raise ConfigError("schedule.min_channels and round_to must be >= 1, finetune_steps and "
+                              "constraint_scale >= 0")
+        self.rounds, self.importance, self.eps = rounds, importance, eps
+        self.keep_params, self.keep_macs = keep_params, keep_macs
+        self.min_channels, self.round_to = min_channels, round_to
+        self.finetune_steps, self.finetune_lr_scale = finetune_steps, finetune_lr_scale
+        self.constraint_scale, self.seed = constraint_scale, seed
+
+    @property
+    def mode(self) -> str:
+        return "params" if self.keep_params is not None else "macs" if self.keep_macs is not None else "threshold"
+
+    def keep_at(self, round_: int) -> float:
+        """Fraction of the dense cost kept after round ``round_`` (1-based)."""
+        keep = self.keep_params if self.keep_params is not None else self.keep_macs
+        return 1.0 if keep is None else keep ** (round_ / self.rounds)
+
+    def targets(self) -> list[tuple[Target, float]]:
+        """Per round: (target relative to the current model, kept fraction of the dense cost)."""
+        out, before = [], 1.0
+        for r in range(1, self.rounds + 1):
+            keep = self.keep_at(r)
+            out.append((Target(self.mode, keep / before, self.eps), keep))
+            before = keep
+        return out
 
     def settings(self) -> dict:
-        return {}
+        if self.rounds == 0:
+            return {"rounds": 0}
+        return {"rounds": self.rounds, "importance": self.importance, "mode": self.mode,
+                "keep_params": self.keep_params, "keep_macs": self.keep_macs, "eps": self.eps,
+                "min_channels": self.min_channels, "round_to": self.round_to,
+                "finetune_steps": self.finetune_steps}

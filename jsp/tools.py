@@ -1,0 +1,95 @@
+"""Working with saved models: evaluation (jsp-eval) and export (jsp-export).
+
+Only this module and the pipeline read configs; both take the checkpoint folder a run wrote.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from jsp.data import prepare
+from jsp.data.transforms import in_channels
+from jsp.engine.evaluate import evaluate
+from jsp.errors import JSPError
+from jsp.metrics import cost_report
+from jsp.models import pad_multiple
+from jsp.models.saved import load_model
+from jsp.pipeline import resolve_device
+
+log = logging.getLogger("jsp")
+REPORTED = ("miou", "f1", "auc", "se", "sp", "acc", "params", "macs", "weight_mb")
+
+
+def model_folder(path: str) -> Path:
+    """A saved model folder, given it or a run dir (whose final model is taken)."""
+    p = Path(path).expanduser()
+    if (p / "checkpoints" / "final" / "model.json").is_file():
+        return p / "checkpoints" / "final"
+    return p
+
+
+def evaluate_saved(cfg: DictConfig, out_dir: Path) -> dict:
+    """Evaluate a saved model on the test split; write eval_metrics.json into ``out_dir``."""
+    folder = model_folder(cfg.checkpoint)
+    device = resolve_device(cfg.device)
+    model, meta = load_model(folder, device)
+    data_cfg = OmegaConf.to_container(cfg.dataset, resolve=True) if cfg.get("dataset") else dict(meta["dataset"])
+    process = data_cfg.pop("process")
+    c_in = in_channels(process["channels"])
+    if c_in != meta.get("in_channels", c_in):
+        raise JSPError(f"the model takes {meta['in_channels']} input channels but dataset.process.channels="
+                       f"{process['channels']} gives {c_in}")
+    data = instantiate(data_cfg)
+    test = prepare(data.test, process["channels"], process["clahe"])
+    metrics, _ = evaluate(model, test, data.num_classes, device, data.class_names, desc="test")
+    metrics.update(cost_report(model, c_in, data.full_size, cfg.latency_reps))
+    saved = meta.get("metrics", {})
+    same = cfg.get("dataset") is None and all(
+        k not in saved or abs(saved[k] - metrics[k]) <= 1e-9 * max(1.0, abs(saved[k])) for k in REPORTED if k in metrics)
+    result = {"checkpoint": str(folder), "stage": meta.get("stage"), "metrics": metrics,
+              "saved_metrics": saved, "matches_saved": same}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "eval_metrics.json").write_text(json.dumps(result, indent=2, default=float))
+    line = " ".join(f"{k} {metrics[k]:.4f}" for k in REPORTED[:6] if k in metrics)
+    log.info("%s (%s): %s | params %s | MACs %.3g", folder, meta.get("stage"), line, f"{metrics['params']:,}",
+             metrics["macs"])
+    if cfg.get("dataset") is None:
+        log.info("matches the run's saved test metrics: %s", "yes" if same else "NO")
+    log.info("wrote %s", out_dir / "eval_metrics.json")
+    return result
+
+
+def export_saved(cfg: DictConfig) -> list[Path]:
+    """Write TorchScript (.pt) and/or ONNX (.onnx) files of a saved model."""
+    folder = model_folder(cfg.checkpoint)
+    model, meta = load_model(folder, "cpu")
+    out = Path(cfg.out) if cfg.out else folder / "export"
+    out.mkdir(parents=True, exist_ok=True)
+    size = list(cfg.input_size or meta.get("input_size") or [256, 256])
+    m = pad_multiple(model)
+    size = [-(-s // m) * m for s in size]  # the network needs sides divisible by its stride
+    example = torch.zeros(1, meta.get("in_channels", 3), *size)
+    written = []
+    for fmt in cfg.formats:
+        if fmt == "torchscript":
+            path = out / "model.torchscript.pt"
+            with torch.no_grad():
+                torch.jit.trace(model, example).save(str(path))
+        elif fmt == "onnx":
+            path = out / "model.onnx"
+            try:
+                import onnx  # noqa: F401  (the optional extra: pip install -e ".[export]")
+            except ImportError:
+                raise JSPError('ONNX export needs the optional extra: pip install -e ".[export]"') from None
+            torch.onnx.export(model, (example,), str(path), input_names=["image"], output_names=["logits"],
+                              dynamo=False)
+        else:
+            raise JSPError(f"formats must be torchscript and/or onnx, got {fmt!r}")
+        log.info("wrote %s (input 1x%dx%dx%d)", path, example.shape[1], *size)
+        written.append(path)
+    return written

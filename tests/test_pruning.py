@@ -1,0 +1,182 @@
+"""Structured pruning: budgets met, coupled channels removed together, function preserved."""
+import pytest
+import torch
+from torch import nn
+
+from jsp.constraints import JSPConstraint, find_units
+from jsp.errors import ConfigError, JSPError
+from jsp.metrics import count_macs, count_params
+from jsp.models import SMPModel, UNet, mobilenetv3
+from jsp.models.saved import load_model, save_model
+from jsp.pruning import IMPORTANCES, ChannelGroups, Schedule, Target, apply, layer_scores, plan
+
+
+def prune(model, target, importance="l1_norm", stats=None, min_channels=1, round_to=1, size=(64, 64)):
+    layers = find_units(model, 3)
+    scores = layer_scores(importance, layers, stats or {})
+    groups = ChannelGroups(model, layers, scores, 3, 64, eps=target.eps)
+    chosen = plan(model, layers, groups, target, size, min_channels, round_to)
+    return apply(model, layers, chosen, groups.example_shape)
+
+
+MODELS = {
+    "unet": lambda: UNet(3, 2, width=8, depth=3),
+    "mobilenetv3": lambda: mobilenetv3(3, 2, "large", decoder_channels=(32, 16, 16, 8, 8)),
+    "mobilenetv3_small": lambda: mobilenetv3(3, 2, "small", decoder_channels=(32, 16, 16, 8, 8)),
+    "smp_resnet18": lambda: SMPModel(3, 2, "Unet", "resnet18", decoder_channels=(32, 16, 16, 8, 8)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_keep_params_is_met_within_two_percent(name):
+    torch.manual_seed(0)
+    model = MODELS[name]().eval()
+    dense = count_params(model)
+    prune(model, Target("params", 0.25))
+    assert count_params(model) / dense == pytest.approx(0.25, abs=0.02)
+    out = model(torch.randn(1, 3, 64, 64))
+    assert out.shape == (1, 2, 64, 64)  # the classes survive
+
+
+def test_keep_macs_is_met():
+    model = UNet(3, 2, width=8, depth=3).eval()
+    dense = count_macs(model, 3, (64, 64))
+    prune(model, Target("macs", 0.5))
+    assert count_macs(model, 3, (64, 64)) / dense == pytest.approx(0.5, abs=0.02)
+
+
+def test_classifier_is_never_pruned():
+    model = UNet(3, 5, width=4, depth=2).eval()
+    prune(model, Target("params", 0.05))
+    assert model.classifier.out_channels == 5
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 5, 32, 32)
+
+
+def test_min_channels_and_rounding():
+    model = UNet(3, 2, width=8, depth=2).eval()
+    prune(model, Target("params", 0.05), min_channels=3, round_to=2)
+    for layer in find_units(model, 3):
+        assert layer.size >= 3 and layer.size % 2 == 0, (layer.name, layer.size)
+
+
+def _zero_units(model, layer_name, idxs):
+    layers = {l.name: l for l in find_units(model, 3)}
+    layer = layers[layer_name]
+    with torch.no_grad():
+        w = layer.conv.weight
+        w.index_fill_(layer.out_dim, torch.tensor(idxs), 0.0)
+        for p in layer.extras():
+            p[idxs] = 0.0
+
+
+def test_pruning_zeroed_units_keeps_the_function():
+    torch.manual_seed(0)
+    model = UNet(3, 2, width=8, depth=2)
+    model.train()
+    model(torch.randn(4, 3, 32, 32))  # give BatchNorm non-trivial running statistics
+    model.eval()
+    _zero_units(model, "inc.0", [1, 5])
+    _zero_units(model, "down.1.3", [0, 3, 7, 20])     # encoder output, coupled to a transposed conv
+    _zero_units(model, "up.0.up", [2, 9])             # transposed conv, feeds a concatenation
+    _zero_units(model, "up.1.conv.0", [4])
+    x = torch.randn(2, 3, 32, 32)
+    before = model(x)
+    dense = count_params(model)
+    removed = prune(model, Target("threshold", eps=1e-6))
+    assert removed["inc.0"] == [1, 5] and removed["up.0.up"] == [2, 9]
+    assert count_params(model) < dense
+    torch.testing.assert_close(model(x), before, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("importance", IMPORTANCES)
+def test_every_importance_scores_and_prunes(importance):
+    model = UNet(3, 2, width=4, depth=2).eval()
+    c = JSPConstraint().attach(model)
+    stats = c.statistics()
+    scores = layer_scores(importance, c.layers, stats)
+    assert all(s.shape == (l.size,) and s.max() <= 1.0 + 1e-6 for s, l in zip(scores.values(), c.layers))
+    prune(model, Target("params", 0.5), importance=importance, stats=stats)
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 2, 32, 32)
+
+
+def test_jsp_importance_prefers_active_distinct_units():
+    model = UNet(3, 2, width=4, depth=2).eval()
+    c = JSPConstraint().attach(model)
+    c.a[:4] = torch.tensor([1.0, 0.1, 1.0, 1.0])   # inc.0 unit 1 is idle
+    s = layer_scores("jsp", c.layers, c.statistics())["inc.0"]
+    assert s.argmin() == 1
+
+
+def test_gradient_count_importance_needs_statistics():
+    model = UNet(3, 2, width=4, depth=2)
+    with pytest.raises(ConfigError, match="gradient_count needs"):
+        layer_scores("gradient_count", find_units(model, 3), {})
+    with pytest.raises(ConfigError, match="importance"):
+        layer_scores("magic", find_units(model, 3), {})
+
+
+def test_statistics_follow_the_surgery():
+    model = UNet(3, 2, width=4, depth=2).eval()
+    c = JSPConstraint().attach(model, 3)
+    c.a.copy_(torch.linspace(0, 1, len(c.a)))
+    before = c.statistics()["activity"]["inc.0"].clone()
+    _zero_units(model, "inc.0", [0, 2])
+    removed = prune(model, Target("threshold", eps=1e-6))
+    c.after_surgery(model, removed)
+    assert torch.equal(c.statistics()["activity"]["inc.0"], before[[1, 3]])
+
+
+def test_iterative_schedule_keeps_geometric_fractions():
+    s = Schedule(rounds=3, keep_params=0.125)
+    keeps = [k for _, k in s.targets()]
+    assert keeps == pytest.approx([0.5, 0.25, 0.125])
+    assert [t.keep for t, _ in s.targets()] == pytest.approx([0.5, 0.5, 0.5])  # each relative to the last
+    assert Schedule(rounds=0).targets() == []
+    with pytest.raises(ConfigError, match="keep_params"):
+        Schedule(keep_params=1.5)
+    with pytest.raises(ConfigError, match="importance"):
+        Schedule(importance="magic")
+
+
+def test_saved_pruned_model_reloads_without_pickle(tmp_path):
+    torch.manual_seed(0)
+    builder = {"_target_": "jsp.models.UNet", "in_channels": 3, "num_classes": 2, "width": 8, "depth": 2}
+    model = UNet(3, 2, width=8, depth=2).eval()
+    prune(model, Target("params", 0.3))
+    save_model(tmp_path / "m", model, builder, stage="pruned")
+    loaded, meta = load_model(tmp_path / "m")
+    x = torch.randn(1, 3, 32, 32)
+    torch.testing.assert_close(loaded(x), model(x))
+    assert meta["stage"] == "pruned" and count_params(loaded) == count_params(model)
+
+
+def test_saved_model_errors_are_clear(tmp_path):
+    with pytest.raises(JSPError, match="not a saved jsp model"):
+        load_model(tmp_path)
+    model = UNet(3, 2, width=4, depth=2)
+    save_model(tmp_path / "m", model, {"_target_": "os.system", "command": "echo hi"})
+    with pytest.raises(JSPError, match="refusing to build"):
+        load_model(tmp_path / "m")
+    save_model(tmp_path / "t", model, {"_target_": "jsp.models.UNet", "width": 4, "depth": 2})
+    path = tmp_path / "t" / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(JSPError, match="cannot read weights"):
+        load_model(tmp_path / "t")
+
+
+def test_loading_a_saved_model_executes_no_pickle(tmp_path, monkeypatch):
+    import pickle
+
+    model = UNet(3, 2, width=4, depth=2).eval()
+    save_model(tmp_path / "m", model, {"_target_": "jsp.models.UNet", "width": 4, "depth": 2})
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("pickle was used")
+
+    monkeypatch.setattr(pickle, "load", forbidden)
+    monkeypatch.setattr(pickle, "loads", forbidden)
+    monkeypatch.setattr(pickle, "Unpickler", forbidden)
+    monkeypatch.setattr(torch, "load", forbidden)
+    loaded, _ = load_model(tmp_path / "m")
+    x = torch.randn(1, 3, 16, 16)
+    torch.testing.assert_close(loaded(x), model(x))
