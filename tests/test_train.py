@@ -4,10 +4,8 @@ import pytest
 import torch
 
 from jsp.constraints import NoConstraint
-from jsp.engine.checkpoint import load_checkpoint, save_checkpoint
 from jsp.engine.logger import RunLogger
 from jsp.engine.train import LoopSettings, lr_at, train_loop
-from jsp.errors import JSPError
 
 
 def test_lr_warmup_then_cosine():
@@ -57,22 +55,3 @@ def test_loop_stops_on_non_finite_loss(tmp_path):
     with pytest.raises(FloatingPointError, match="step 0"):
         train_loop(model, batches, bad, torch.optim.SGD(model.parameters(), lr=0.1), NoConstraint(),
                    LoopSettings(steps=5, lr=0.1), torch.device("cpu"), lambda m, step: {"miou": 0}, RunLogger(tmp_path))
-
-
-def test_checkpoint_roundtrip_without_pickle(tmp_path):
-    model = torch.nn.Conv2d(1, 2, 3)
-    path = save_checkpoint(tmp_path / "c" / "x.pt", model=model.state_dict(), stage="dense")
-    assert not path.with_name("x.pt.tmp").exists()
-    loaded = load_checkpoint(path)
-    assert loaded["stage"] == "dense" and torch.equal(loaded["model"]["weight"], model.weight)
-
-
-def test_checkpoint_errors_are_clear(tmp_path):
-    with pytest.raises(JSPError, match="does not exist"):
-        load_checkpoint(tmp_path / "missing.pt")
-    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(JSPError, match="not a readable jsp checkpoint"):
-        load_checkpoint(tmp_path / "junk.pt")
-    torch.save({"weights": 1}, tmp_path / "other.pt")
-    with pytest.raises(JSPError, match="no 'model' entry"):
-        load_checkpoint(tmp_path / "other.pt")

@@ -113,18 +113,8 @@ class JSPConstraint(Constraint):
     def update_redundancy(self) -> None:
         """r_u = max |rho_uv| over units v of the same layer ranked above u by (a_v, ||theta_v||)."""
         _, norms = self.units.norms()
-        out = []
-        for layer, a, n in zip(self.layers, self.units.split(self.a), self.units.split(norms)):
-            if layer.size < 2:
-                out.append(torch.zeros_like(a))
-                continue
-            f = layer.filters().float()
-            f = f - f.mean(1, keepdim=True)
-            f = f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)
-            rho = (f @ f.T).abs()                                        # (U, U) Pearson |rho_uv|
-            rank = _rank(a, n)
-            above = rank[None, :] < rank[:, None]                        # above[u, v]: v outranks u
-            out.append((rho * above).amax(1))
+        out = [layer_redundancy(layer, a, n)
+               for layer, a, n in zip(self.layers, self.units.split(self.a), self.units.split(norms))]
         self.r = torch.cat(out) if out else self.r
 
     def penalty(self, model: nn.Module) -> torch.Tensor:
@@ -154,6 +144,21 @@ class JSPConstraint(Constraint):
     def settings(self) -> dict:
         return {"lambda_s": self.lambda_s, "lambda_r": self.lambda_r, "tau": self.tau, "beta": self.beta,
                 "count_every": self.count_every, "redund_every": self.redund_every, "eps": self.eps}
+
+
+@torch.no_grad()
+def layer_redundancy(layer, activity: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+    """(U,) r_u of one layer: the largest |Pearson correlation| of unit u's filter with the
+    filter of a unit ranked above it by (activity, norm, index); 0 for the top unit."""
+    if layer.size < 2:
+        return torch.zeros(layer.size, device=activity.device)
+    f = layer.filters().float()
+    f = f - f.mean(1, keepdim=True)
+    f = f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    rho = (f @ f.T).abs()                                    # (U, U)
+    rank = _rank(activity, norms)
+    above = rank[None, :] < rank[:, None]                    # above[u, v]: v outranks u
+    return (rho * above).amax(1)
 
 
 def _rank(activity: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:

@@ -9,23 +9,15 @@ from __future__ import annotations
 
 import torch
 
+from jsp.constraints.jsp import layer_redundancy
 from jsp.constraints.units import UnitLayer
 from jsp.errors import ConfigError
 
 
 def redundancy_from_weights(layer: UnitLayer, activity: torch.Tensor | None = None) -> torch.Tensor:
-    """(U,) r_u from the filters alone: max |Pearson rho| with a unit ranked above (by a_u, then norm)."""
-    from jsp.constraints.jsp import _rank
-
-    with torch.no_grad():
-        f = layer.filters().float()
-        f = f - f.mean(1, keepdim=True)
-        f = f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        if layer.size < 2:
-            return torch.zeros(layer.size, device=f.device)
-        a = torch.ones(layer.size, device=f.device) if activity is None else activity
-        rank = _rank(a, layer.norms())
-        return ((f @ f.T).abs() * (rank[None, :] < rank[:, None])).amax(1)
+    """(U,) r_u computed now from the filters (units ranked by activity, default all 1, then norm)."""
+    norms = layer.norms()
+    return layer_redundancy(layer, torch.ones_like(norms) if activity is None else activity, norms)
 
 
 def raw_scores(name: str, layer: UnitLayer, stats: dict[str, dict[str, torch.Tensor]],
