@@ -124,7 +124,7 @@ class Run:
 
     def eval_on(self, split: str, num_examples: int = 0):
         return evaluate(self.model, self.splits[split], self.data.num_classes, self.device, self.data.class_names,
-                        self.amp, num_examples, desc=split)
+                        self.amp, num_examples, desc=split, ignore_index=self.data.ignore_index)
 
     def log_units(self) -> dict:
         """Per-layer unit statistics to TensorBoard; returns the switched-off fractions."""

@@ -46,7 +46,8 @@ def evaluate_saved(cfg: DictConfig, out_dir: Path) -> dict:
                        f"{process['channels']} gives {c_in}")
     data = instantiate(data_cfg)
     test = prepare(data.test, process["channels"], process["clahe"])
-    metrics, _ = evaluate(model, test, data.num_classes, device, data.class_names, desc="test")
+    metrics, _ = evaluate(model, test, data.num_classes, device, data.class_names, desc="test",
+                          ignore_index=data.ignore_index)
     metrics.update(cost_report(model, c_in, data.full_size, cfg.latency_reps))
     saved = meta.get("metrics", {})
     same = cfg.get("dataset") is None and all(

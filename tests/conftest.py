@@ -57,3 +57,100 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300, entry: str 
     env.pop("JSP_DEBUG", None)
     return subprocess.run([sys.executable, "-m", "jsp.cli", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def _fundus(rng, h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An RGB image with a bright disc on black (like a fundus photo), its vessel label and FOV."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    fov = (yy - h / 2) ** 2 + (xx - w / 2) ** 2 <= (min(h, w) / 2 - 2) ** 2
+    label = np.zeros((h, w), np.uint8)
+    label[:, rng.integers(w // 3, 2 * w // 3)] = 255
+    label[rng.integers(h // 3, 2 * h // 3), :] = 255
+    label[~fov] = 0
+    image = rng.integers(120, 200, (h, w, 3)).astype(np.uint8)
+    image[label > 0, 1] = 40
+    image[~fov] = 0
+    return image, label, fov.astype(np.uint8) * 255
+
+
+def write_chase(root: Path, n: int = 6, size=(48, 50)) -> Path:
+    """CHASE_DB1: Image_NNx.jpg with _1stHO.png and _2ndHO.png labels, all in one folder."""
+    rng = np.random.default_rng(1)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        name = f"Image_{i // 2 + 1:02d}{'LR'[i % 2]}"
+        image, label, _ = _fundus(rng, *size)
+        Image.fromarray(image).save(root / f"{name}.jpg", quality=95)
+        Image.fromarray(label).save(root / f"{name}_1stHO.png")
+        Image.fromarray(label).save(root / f"{name}_2ndHO.png")
+    return root
+
+
+def write_stare(root: Path, n: int = 4, size=(44, 48)) -> Path:
+    """STARE: stare-images/imNNNN.ppm and labels-ah/imNNNN.ah.ppm, half of them gzip-compressed."""
+    import gzip
+    import io
+
+    rng = np.random.default_rng(2)
+    for sub in ("stare-images", "labels-ah", "labels-vk"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for i in range(1, n + 1):
+        image, label, _ = _fundus(rng, *size)
+        for arr, sub, name in ((image, "stare-images", f"im{i:04d}.ppm"), (label, "labels-ah", f"im{i:04d}.ah.ppm"),
+                               (label, "labels-vk", f"im{i:04d}.vk.ppm")):
+            buf = io.BytesIO()
+            Image.fromarray(arr).save(buf, format="PPM")
+            if i % 2:  # the official download is gzip-compressed
+                (root / sub / f"{name}.gz").write_bytes(gzip.compress(buf.getvalue()))
+            else:
+                (root / sub / name).write_bytes(buf.getvalue())
+    return root
+
+
+def write_hrf(root: Path, n: int = 2, size=(60, 90), unlabelled: bool = True) -> Path:
+    """HRF: images/NN_{dr,g,h}.jpg|JPG, manual1/NN_x.tif, mask/NN_x_mask.tif."""
+    rng = np.random.default_rng(3)
+    for sub in ("images", "manual1", "mask"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for i in range(1, n + 1):
+        for cat, ext in (("dr", "JPG"), ("g", "jpg"), ("h", "jpg")):
+            image, label, fov = _fundus(rng, *size)
+            Image.fromarray(image).save(root / "images" / f"{i:02d}_{cat}.{ext}", format="JPEG", quality=95)
+            Image.fromarray(label).save(root / "manual1" / f"{i:02d}_{cat}.tif")
+            Image.fromarray(fov).save(root / "mask" / f"{i:02d}_{cat}_mask.tif")
+    if unlabelled:
+        image, _, _ = _fundus(rng, *size)
+        Image.fromarray(image).save(root / "images" / "99_h.jpg")
+    return root
+
+
+def write_camvid(root: Path, counts=(3, 2, 2), size=(36, 48)) -> Path:
+    """CamVid (SegNet layout): RGB PNGs and class-index PNGs (0-10, 11 = void)."""
+    rng = np.random.default_rng(4)
+    for split, n in zip(("train", "val", "test"), counts):
+        (root / split).mkdir(parents=True, exist_ok=True)
+        (root / f"{split}annot").mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            label = rng.integers(0, 12, (size[0] // 6, size[1] // 6)).astype(np.uint8).repeat(6, 0).repeat(6, 1)
+            image = (label[..., None] * np.array([20, 7, 13], np.uint8) + 10).astype(np.uint8)
+            Image.fromarray(image).save(root / split / f"0001TP_{i:06d}.png")
+            Image.fromarray(label).save(root / f"{split}annot" / f"0001TP_{i:06d}.png")
+    return root
+
+
+def write_folder(root: Path, n: int = 6, size=(40, 40), classes: int = 3, split_files: bool = True) -> Path:
+    """A user's folder: images/*.jpg, masks/*.png (class indices, 255 = ignore), fov/, split files."""
+    rng = np.random.default_rng(5)
+    for sub in ("images", "masks", "fov"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        label = rng.integers(0, classes, (size[0] // 8, size[1] // 8)).astype(np.uint8).repeat(8, 0).repeat(8, 1)
+        label[:2] = 255
+        image = (label[..., None] * 60 % 255).astype(np.uint8).repeat(3, 2)
+        Image.fromarray(image).save(root / "images" / f"case{i}.jpg", quality=95)
+        Image.fromarray(label).save(root / "masks" / f"case{i}.png")
+        Image.fromarray(np.full(size, 255, np.uint8)).save(root / "fov" / f"case{i}.png")
+    if split_files:
+        (root / "train.txt").write_text("\n".join(f"case{i}" for i in range(n - 2)) + "\n")
+        (root / "test.txt").write_text("\n".join(f"case{i}" for i in range(n - 2, n)) + "\n")
+    return root

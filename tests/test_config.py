@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from jsp.cli import CONF_DIR
 from jsp.constraints import Constraint
 from jsp.data import SegmentationData
-from tests.conftest import run_cli
+from tests.conftest import run_cli, write_drive
 
 
 def options(group: str) -> list[str]:
@@ -39,9 +39,19 @@ def test_model_options_instantiate(name):
 
 
 @pytest.mark.parametrize("name", options("dataset"))
-def test_dataset_options_instantiate(name, drive_root):
-    cfg = compose_with(f"dataset={name}", f"dataset.root={drive_root}" if name == "drive" else "dataset.num_train=2",
-                       *(["dataset.val_count=1"] if name == "drive" else ["dataset.image_size=48"]))
+def test_dataset_options_instantiate(name, tmp_path):
+    from tests.test_datasets import WRITERS
+
+    if name == "synthetic":
+        extra = ["dataset.num_train=2", "dataset.image_size=48"]
+    elif name == "drive":
+        extra = [f"dataset.root={write_drive(tmp_path / 'DRIVE')}", "dataset.val_count=1"]
+    else:
+        writer, extra = WRITERS[name]
+        extra = [f"dataset.root={writer(tmp_path / name)}", *extra]
+        if name in ("chase_db1", "stare"):
+            extra.append(f"dataset.fov_cache={tmp_path / 'cache'}")
+    cfg = compose_with(f"dataset={name}", *extra)
     data_cfg = OmegaConf.to_container(cfg.dataset, resolve=True)
     process = data_cfg.pop("process")
     assert {"channels", "clahe", "patch_size", "augment"} <= set(process)

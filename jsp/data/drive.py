@@ -15,9 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
-
 from jsp.data.base import Sample, SegmentationData, check_sample
+from jsp.data.io import read_image
 from jsp.errors import DatasetError
 
 LAYOUT = """expected the official DRIVE layout:
@@ -28,15 +27,6 @@ LAYOUT = """expected the official DRIVE layout:
   ROOT/test/1st_manual/01_manual1.gif ...
   ROOT/test/mask/01_test_mask.gif ...
 Download DRIVE (https://drive.grand-challenge.org/) and pass dataset.root=PATH."""
-
-
-def read_image(path: Path, mode: str) -> np.ndarray:
-    """Read an image file into an array in PIL ``mode`` ("RGB" or "L"); clear error if unreadable."""
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert(mode))
-    except (OSError, UnidentifiedImageError, SyntaxError) as e:
-        raise DatasetError(f"cannot read image {path}: {e}") from None
 
 
 def _split(root: Path, split: str, suffix: str) -> list[Sample]:

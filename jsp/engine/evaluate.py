@@ -27,7 +27,7 @@ def predict(model: nn.Module, x: torch.Tensor, amp: bool = False) -> torch.Tenso
 @torch.no_grad()
 def evaluate(model: nn.Module, images: list[Prepared], num_classes: int, device: torch.device,
              class_names: list[str] | None = None, amp: bool = False, num_examples: int = 0,
-             desc: str = "eval") -> tuple[dict, list[dict]]:
+             desc: str = "eval", ignore_index: int | None = None) -> tuple[dict, list[dict]]:
     """Metrics over all ``images`` (accumulated, not averaged per image) and a few examples.
 
     Returns (metrics dict, examples) where each example holds numpy arrays ``image``
@@ -35,7 +35,7 @@ def evaluate(model: nn.Module, images: list[Prepared], num_classes: int, device:
     """
     was_training = model.training
     model.eval()
-    meter = SegmentationMeter(num_classes, class_names)
+    meter = SegmentationMeter(num_classes, class_names, ignore_index)
     examples = []
     for i, im in enumerate(tqdm(images, desc=desc, leave=False, disable=None)):
         x, label, fov = im.tensors()

@@ -65,14 +65,17 @@ def auc_from_histograms(pos: np.ndarray, neg: np.ndarray) -> float:
 class SegmentationMeter:
     """Accumulates a confusion matrix (and, for binary tasks, score histograms for AUC)."""
 
-    def __init__(self, num_classes: int, class_names: list[str] | None = None):
-        self.num_classes, self.class_names = num_classes, class_names
+    def __init__(self, num_classes: int, class_names: list[str] | None = None, ignore_index: int | None = None):
+        self.num_classes, self.class_names, self.ignore_index = num_classes, class_names, ignore_index
         self.cm = torch.zeros(num_classes, num_classes, dtype=torch.int64)
         self.pos = torch.zeros(AUC_BINS, dtype=torch.int64)
         self.neg = torch.zeros(AUC_BINS, dtype=torch.int64)
 
     def update(self, probs: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> None:
         """probs: (N, C, H, W) class probabilities; target: (N, H, W); valid: (N, H, W) bool."""
+        if self.ignore_index is not None:
+            ignored = target == self.ignore_index
+            valid = ~ignored if valid is None else valid & ~ignored
         pred = probs.argmax(1)
         self.cm += confusion_matrix(pred, target, self.num_classes, valid)
         if self.num_classes == 2:
