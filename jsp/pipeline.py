@@ -1,6 +1,9 @@
-"""The stages of a jsp run: train -> (prune -> fine-tune)* -> evaluate.
+"""The stages of a jsp run: train -> evaluate -> (prune -> evaluate -> fine-tune -> evaluate)*.
 
 This is the only module that reads the Hydra config; everything it calls takes plain values.
+Every evaluated stage is saved (checkpoints/STAGE/ and metrics.json), and training stages
+write checkpoints/last.pt every ``trainer.checkpoint_every`` steps, so ``resume=true`` skips
+finished stages and continues an interrupted one where it stopped.
 """
 from __future__ import annotations
 
@@ -12,21 +15,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from safetensors.torch import save_file
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from jsp.constraints.base import Scaled
 from jsp.data import PatchDataset, prepare
 from jsp.data.transforms import in_channels
+from jsp.engine.checkpoint import load_state, save_state
 from jsp.engine.evaluate import evaluate
 from jsp.engine.logger import RunLogger, flatten
+from jsp.engine.resume import load_constraint_stats, restore_weights, save_constraint_stats
 from jsp.engine.train import LoopSettings, train_loop
-from jsp.errors import ConfigError
+from jsp.errors import ConfigError, JSPError
 from jsp.metrics import cost_report
 from jsp.models import pad_multiple
-from jsp.models.saved import save_model
+from jsp.models.saved import layer_spec, load_model, save_model
 from jsp.pruning import ChannelGroups, apply, layer_scores, layer_widths, plan
 
 log = logging.getLogger("jsp")
@@ -48,13 +53,36 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def patch_loader(images, process, steps: int, batch_size: int, seed: int, workers, device) -> DataLoader:
-    """DataLoader over exactly ``steps`` batches of random training patches."""
+def build(node, **kwargs):
+    """``instantiate`` that lets a jsp error raised by the target through as itself."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        if isinstance(cause, JSPError):
+            raise cause from None
+        raise
+
+
+def patch_loader(images, process, steps: int, batch_size: int, seed: int, workers, device,
+                 start: int = 0) -> DataLoader:
+    """DataLoader over batches ``start .. steps-1`` of the stage's random training patches."""
     dataset = PatchDataset(images, process["patch_size"], steps * batch_size, seed, process["augment"])
+    if start:  # items are functions of their index: a resumed stage sees the same stream
+        dataset = Subset(dataset, range(start * batch_size, steps * batch_size))
     if workers == "auto":  # on CPU the cores are better spent on the model
         workers = min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=int(workers),
-                      pin_memory=device.type == "cuda", persistent_workers=False, drop_last=True)
+                      pin_memory=device.type == "cuda", drop_last=True)
+
+
+def check_trainer(tr) -> None:
+    for key in ("steps", "batch_size", "val_every", "log_every"):
+        if int(tr[key]) <= 0:
+            raise ConfigError(f"trainer.{key} must be a positive number of steps, got {tr[key]}")
+    if tr.lr <= 0 or tr.checkpoint_every < 0:
+        raise ConfigError(f"trainer.lr must be > 0 and trainer.checkpoint_every >= 0, got {tr.lr}, "
+                          f"{tr.checkpoint_every}")
 
 
 def run(cfg: DictConfig, run_dir: str | Path) -> dict:
@@ -69,16 +97,21 @@ class Run:
         self.cfg, self.run_dir, self.t_start = cfg, run_dir, time.time()
         seed_everything(cfg.seed)
         tr = self.tr = cfg.trainer
+        # Everything a config can get wrong is checked before data is read or a step is run.
         self.device = resolve_device(tr.device)
-        if tr.steps <= 0 or tr.batch_size <= 0:
-            raise ConfigError(f"trainer.steps and trainer.batch_size must be positive, got {tr.steps}, {tr.batch_size}")
+        check_trainer(tr)
+        self.constraint = build(cfg.constraint)
+        self.schedule = build(cfg.schedule)
 
         # Data: the loader returns raw splits; "process" says how they become tensors.
         self.data_cfg = OmegaConf.to_container(cfg.dataset, resolve=True)
-        loader_cfg = {k: v for k, v in self.data_cfg.items() if k != "process"}
         self.process = self.data_cfg["process"]
-        self.data = instantiate(loader_cfg)
         self.c_in = in_channels(self.process["channels"])
+        self.data = build({k: v for k, v in self.data_cfg.items() if k != "process"})
+        smallest = min(min(s.label.shape) for s in self.data.train)
+        if self.process["patch_size"] > smallest:
+            raise ConfigError(f"dataset.process.patch_size={self.process['patch_size']} is larger than the smallest "
+                              f"training image side ({smallest} px)")
         self.splits = {name: prepare(getattr(self.data, name), self.process["channels"], self.process["clahe"])
                        for name in ("train", "val", "test")}
         log.info("data: %d train / %d val / %d test images, %d classes, full size %s",
@@ -86,41 +119,72 @@ class Run:
 
         self.builder = {**OmegaConf.to_container(cfg.model, resolve=True), "in_channels": self.c_in,
                         "num_classes": self.data.num_classes}
-        self.model = instantiate(self.builder).to(self.device)
         self.channels_last = tr.channels_last is True or (tr.channels_last == "auto" and self.device.type == "cuda")
+        self.set_model(build(self.builder))
+        self.loss_fn = build(tr.loss, ignore_index=self.data.ignore_index)
+        self.amp = bool(tr.amp) and self.device.type == "cuda"
+        self.ckpt = run_dir / "checkpoints" / "last.pt"
+        self.resume_state = None
+        done = {}
+        if cfg.resume and (run_dir / "metrics.json").is_file():
+            import json
+
+            done = {k: v for k, v in json.loads((run_dir / "metrics.json").read_text()).items() if k != "final"}
+        if cfg.resume and self.ckpt.is_file():
+            self.resume_state = load_state(self.ckpt)
+        self.step = 0  # global step across stages, so TensorBoard curves follow one another
+        purge = self.resume_state["global_step"] if self.resume_state else max(
+            [m.get("global_step", 0) for m in done.values()], default=0)
+        self.logger = RunLogger(run_dir, metrics=done, purge_step=purge if cfg.resume else None)
+
+    def set_model(self, model) -> None:
+        self.model = model.to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.constraint = instantiate(cfg.constraint).attach(self.model, self.c_in)
-        self.schedule = instantiate(cfg.schedule)
-        self.loss_fn = instantiate(tr.loss, ignore_index=self.data.ignore_index)
-        self.logger = RunLogger(run_dir)
-        self.amp = bool(tr.amp) and self.device.type == "cuda"
-        self.step = 0  # global step across stages, so TensorBoard curves follow one another
+        self.constraint.attach(self.model, self.c_in)
+
+    def plan(self) -> list[tuple[str, callable]]:
+        """The evaluated stages in order, each with the work that produces it."""
+        tr, s = self.tr, self.schedule
+        stages = [("dense", lambda: self.train_stage(tr.steps, "train", "val", self.constraint, tr.lr, self.cfg.seed))]
+        for r, (target, _) in enumerate(s.targets(), start=1):
+            suffix = "" if s.rounds == 1 else f"_{r}"
+            stages.append((f"pruned{suffix}", lambda t=target, x=suffix: self.prune(t, f"prune{x}")))
+            if s.finetune_steps:
+                stages.append((f"finetuned{suffix}", lambda x=suffix, r=r: self.train_stage(
+                    s.finetune_steps, f"finetune{x}", f"finetune{x}/val", Scaled(self.constraint, s.constraint_scale),
+                    tr.lr * s.finetune_lr_scale, self.cfg.seed + r)))
+        return stages
 
     def execute(self) -> dict:
-        tr = self.tr
-        self.train_stage(tr.steps, "train", "val", self.constraint, tr.lr, self.cfg.seed)
-        dense = self.test_stage("dense", "test")
-        last = dense
-        for r, (target, _) in enumerate(self.schedule.targets(), start=1):
-            suffix = "" if self.schedule.rounds == 1 else f"_{r}"
-            self.prune(target, f"prune{suffix}")
-            last = self.test_stage(f"pruned{suffix}", f"prune{suffix}/test", dense)
-            if self.schedule.finetune_steps:
-                ft_constraint = Scaled(self.constraint, self.schedule.constraint_scale)
-                self.train_stage(self.schedule.finetune_steps, f"finetune{suffix}", f"finetune{suffix}/val",
-                                 ft_constraint, tr.lr * self.schedule.finetune_lr_scale, self.cfg.seed + r)
-                last = self.test_stage(f"finetuned{suffix}", f"finetune{suffix}/test", dense)
-        final = {**last, "time_s": time.time() - self.t_start}
+        stages = self.plan()
+        done = [name for name, _ in stages if name in self.logger.metrics]
+        if done:  # resume after the last finished stage, from its saved model
+            self.restore_stage(done[-1])
+            log.info("resume: stages %s are done; continuing after %s", ", ".join(done), done[-1])
+        for name, work in stages:
+            if name in done:
+                continue
+            work()
+            prefix = {"dense": "test"}.get(name, name.replace("pruned", "prune").replace("finetuned", "finetune") + "/test")
+            self.test_stage(name, prefix)
+        final = {**self.logger.metrics[stages[-1][0]], "time_s": time.time() - self.t_start}
         self.logger.stage("final", final)
-        self.save("final", final)
+        save_model(self.run_dir / "checkpoints" / "final", self.model, self.builder, **self.model_info("final", final))
         choices = _choices(self.cfg)
-        self.logger.hparams({**choices, "seed": self.cfg.seed, "steps": tr.steps,
+        self.logger.hparams({**choices, "seed": self.cfg.seed, "steps": self.tr.steps,
                              **flatten(self.constraint.settings(), "constraint"),
                              **flatten(self.schedule.settings(), "schedule"), **_model_hparams(self.cfg)}, final)
         self.logger.close()
         _summary(self.logger.metrics, self.run_dir, choices)
         return self.logger.metrics
+
+    def restore_stage(self, name: str) -> None:
+        folder = self.run_dir / "checkpoints" / name
+        model, _ = load_model(folder, self.device)
+        self.set_model(model.train())
+        self.constraint.load_state_dict(load_constraint_stats(folder))
+        self.step = self.logger.metrics[name].get("global_step", 0)
 
     def eval_on(self, split: str, num_examples: int = 0):
         return evaluate(self.model, self.splits[split], self.data.num_classes, self.device, self.data.class_names,
@@ -136,42 +200,74 @@ class Run:
             self.logger.histograms(f"units/{stat}", per_layer, step)
         return report
 
-    def test_stage(self, name: str, prefix: str, dense: dict | None = None) -> dict:
+    def test_stage(self, name: str, prefix: str) -> dict:
         """Evaluate on the test split, with cost; record in metrics.json and save the model."""
         metrics, examples = self.eval_on("test", self.tr.eval_examples)
         metrics.update(cost_report(self.model, self.c_in, self.data.full_size, self.tr.latency_reps))
-        metrics.update(self.log_units(), constraint=self.constraint.settings(), schedule=self.schedule.settings())
-        if dense is not None:
-            metrics.update(params_ratio=metrics["params"] / dense["params"], macs_ratio=metrics["macs"] / dense["macs"])
+        metrics.update(self.log_units(), constraint=self.constraint.settings(), schedule=self.schedule.settings(),
+                       global_step=self.step)
+        dense = self.logger.metrics.get("dense", metrics)
+        metrics.update(params_ratio=metrics["params"] / dense["params"], macs_ratio=metrics["macs"] / dense["macs"])
         self.logger.scalars(prefix, metrics, self.step)
         self.logger.examples(prefix, examples, self.step)
-        self.logger.stage(name, metrics)
-        self.save(name, metrics)
+        folder = self.run_dir / "checkpoints" / name
+        save_model(folder, self.model, self.builder, **self.model_info(name, metrics))
+        save_constraint_stats(folder, self.constraint.state_dict())
+        self.logger.stage(name, metrics)  # last: a stage counts as done once its model is saved
         log.info("%s: test mIoU %.4f | params %s | MACs %.3g | units off %.1f%%", name, metrics["miou"],
                  f"{metrics['params']:,}", metrics["macs"], 100 * metrics["units_off"])
         return metrics
 
+    def model_info(self, stage: str, metrics: dict) -> dict:
+        return dict(stage=stage, dataset=self.data_cfg, input_size=list(self.data.full_size), in_channels=self.c_in,
+                    class_names=list(self.data.class_names), ignore_index=self.data.ignore_index,
+                    metrics={k: v for k, v in metrics.items() if k != "units_off_layers"})
+
     def train_stage(self, steps: int, tag: str, val_tag: str, constraint, lr: float, seed: int) -> dict:
         tr = self.tr
+        resume = self.take_resume_state(tag)
         settings = LoopSettings(steps=steps, lr=lr, warmup_steps=min(tr.warmup_steps, steps // 2),
                                 min_lr_ratio=tr.min_lr_ratio, val_every=tr.val_every, log_every=tr.log_every,
                                 grad_clip=tr.grad_clip, amp=self.amp, channels_last=self.channels_last,
-                                first_step=self.step)
+                                first_step=self.step - (resume["step"] if resume else 0))
         # The optimizer is built per stage: surgery replaces parameters between stages.
-        optimizer = instantiate(tr.optimizer)(self.model.parameters())
+        optimizer = build(tr.optimizer)(self.model.parameters())
+        if resume:
+            optimizer.load_state_dict(resume["optimizer"])
         batches = patch_loader(self.splits["train"], self.process, steps, tr.batch_size, seed, tr.num_workers,
-                               self.device)
+                               self.device, start=resume["step"] if resume else 0)
 
         def validate(model, step):
             self.step = step
             self.log_units()
             return self.eval_on("val")[0]
 
+        def checkpoint(done: int, best: dict, best_state) -> None:
+            save_state(self.ckpt, stage=tag, step=done, global_step=settings.first_step + done,
+                       model=self.model.state_dict(), layers=layer_spec(self.model), optimizer=optimizer.state_dict(),
+                       best=best, best_state=best_state, constraint=self.constraint.state_dict(),
+                       rng=torch.get_rng_state())
+
         best = train_loop(self.model, batches, self.loss_fn, optimizer, constraint, settings, self.device,
-                          validate, self.logger, tag=tag, val_tag=val_tag)
+                          validate, self.logger, tag=tag, val_tag=val_tag, resume=resume, checkpoint=checkpoint,
+                          checkpoint_every=tr.checkpoint_every)
         self.step = settings.first_step + steps
+        checkpoint(steps, best, None)  # stage end: the model now holds the best weights
         log.info("%s: best val mIoU %.4f at step %d", tag, best["miou"], best["step"])
         return best
+
+    def take_resume_state(self, tag: str) -> dict | None:
+        """The interrupted training state of stage ``tag``, loaded into model and constraint."""
+        state, self.resume_state = self.resume_state, None
+        if state is None or state["stage"] != tag:
+            return None
+        restore_weights(self.model, state["layers"], state["model"])
+        self.constraint.attach(self.model, self.c_in)
+        self.constraint.load_state_dict(state["constraint"])
+        torch.set_rng_state(state["rng"])
+        self.step = state["global_step"]
+        log.info("resume: %s continues at step %d", tag, state["step"])
+        return state
 
     def prune(self, target, tag: str) -> None:
         """Remove channels to meet ``target``; log widths before and after."""
@@ -192,28 +288,17 @@ class Run:
         log.info("%s: removed %d of %d channels (%s importance, %s target) in %.1f s", tag,
                  sum(len(c) for c in chosen), groups.total(), s.importance, target.mode, time.time() - t0)
 
-    def save(self, stage: str, metrics: dict) -> None:
-        folder = self.run_dir / "checkpoints" / stage
-        save_model(folder, self.model, self.builder, stage=stage, dataset=self.data_cfg,
-                   input_size=list(self.data.full_size), in_channels=self.c_in,
-                   class_names=list(self.data.class_names), ignore_index=self.data.ignore_index,
-                   metrics={k: v for k, v in metrics.items() if k not in ("units_off_layers",)})
-        stats = {f"{stat}/{layer}": t.contiguous() for stat, per_layer in self.constraint.state_dict().items()
-                 for layer, t in per_layer.items()}
-        if stats:  # a_u, r_u of the saved units, so later stages or tools can read them
-            save_file(stats, str(folder / "constraint.safetensors"))
-
 
 def _choices(cfg: DictConfig) -> dict:
     """Which option of each config group this run used (from Hydra, when run through it)."""
+    groups = ("dataset", "model", "constraint", "schedule")
     try:
         from hydra.core.hydra_config import HydraConfig
 
         picked = HydraConfig.get().runtime.choices
-        return {g: str(picked.get(g)) for g in ("dataset", "model", "constraint", "schedule")}
+        return {g: str(picked.get(g)) for g in groups}
     except ValueError:  # called without Hydra (tests calling run() directly)
-        return {g: str(cfg[g].get("_target_", "?")).rsplit(".", 1)[-1] for g in ("dataset", "model",
-                                                                                   "constraint", "schedule")}
+        return {g: str(cfg[g].get("_target_", "?")).rsplit(".", 1)[-1] for g in groups}
 
 
 def _model_hparams(cfg: DictConfig) -> dict:

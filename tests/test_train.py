@@ -5,7 +5,7 @@ import torch
 
 from jsp.constraints import NoConstraint
 from jsp.engine.logger import RunLogger
-from jsp.engine.train import LoopSettings, lr_at, train_loop
+from jsp.engine.train import LoopSettings, NonFiniteLoss, lr_at, train_loop
 
 
 def test_lr_warmup_then_cosine():
@@ -52,6 +52,6 @@ def test_loop_learns_and_keeps_best_validation_weights(tmp_path):
 def test_loop_stops_on_non_finite_loss(tmp_path):
     model, batches = _toy()
     bad = lambda logits, y: (logits.sum() * math.inf, {})
-    with pytest.raises(FloatingPointError, match="step 0"):
+    with pytest.raises(NonFiniteLoss, match="not finite at step 0"):
         train_loop(model, batches, bad, torch.optim.SGD(model.parameters(), lr=0.1), NoConstraint(),
                    LoopSettings(steps=5, lr=0.1), torch.device("cpu"), lambda m, step: {"miou": 0}, RunLogger(tmp_path))

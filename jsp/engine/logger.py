@@ -25,10 +25,12 @@ def flatten(values: dict, prefix: str = "") -> dict[str, float]:
 class RunLogger:
     """Writes ``RUN/tensorboard/`` events and ``RUN/metrics.json`` (rewritten after each stage)."""
 
-    def __init__(self, run_dir: str | Path):
+    def __init__(self, run_dir: str | Path, metrics: dict | None = None, purge_step: int | None = None):
+        """metrics: stages already recorded (a resumed run); purge_step: TensorBoard drops the
+        earlier run's events from this step on, so a resumed run does not log steps twice."""
         self.run_dir = Path(run_dir)
-        self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
-        self.metrics: dict[str, dict] = {}
+        self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge_step)
+        self.metrics: dict[str, dict] = dict(metrics or {})
 
     def scalars(self, prefix: str, values: dict, step: int) -> None:
         for tag, value in flatten(values, prefix).items():

@@ -12,6 +12,11 @@ from tqdm import tqdm
 
 from jsp.constraints import Constraint
 from jsp.engine.logger import RunLogger
+from jsp.errors import JSPError
+
+
+class NonFiniteLoss(JSPError):
+    """The loss became NaN or infinite."""
 
 
 @dataclass
@@ -47,6 +52,12 @@ def train_step(model, x, y, loss_fn, optimizer, constraint: Constraint, scaler, 
         logits = model(x)
     task, terms = loss_fn(logits, y)
     penalty = constraint.penalty(model)
+    # One check a step: a NaN must stop the stage before it reaches the weights.
+    if not torch.isfinite(task + penalty):
+        parts = {"task": task, **terms, **constraint.terms, "penalty": penalty}
+        bad = ", ".join(f"{k}={float(torch.as_tensor(v).detach()):.4g}" for k, v in parts.items())
+        raise NonFiniteLoss(f"the loss is not finite at step {step} ({bad}); the weights of the last good "
+                            "checkpoint are kept. Lower trainer.lr or the constraint weights, then resume=true")
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(task + penalty).backward()
     # Statistics (e.g. gradient activity) from the task-loss part of the gradients.
@@ -71,18 +82,27 @@ def train_loop(
     logger: RunLogger,
     tag: str = "train",
     val_tag: str = "val",
+    resume: dict | None = None,
+    checkpoint: Callable[[int, dict, dict | None], None] | None = None,
+    checkpoint_every: int = 0,
 ) -> dict:
     """Train for ``s.steps`` steps; validate every ``s.val_every``; end with the best weights.
 
-    batches: yields (x (N, C, p, p), y (N, p, p)) at least ``s.steps`` times.
-    validate: (model, step) -> metrics dict with "miou" (the selection criterion).
+    batches: yields (x (N, C, p, p), y (N, p, p)) for the steps still to run.
+    validate: (model, global step) -> metrics dict with "miou" (the selection criterion).
+    resume: {"step": steps already done, "best": metrics, "best_state": weights or None}.
+    checkpoint: called as checkpoint(steps done, best, best_state) every ``checkpoint_every``
+        steps, so a killed run loses at most that many steps.
     Returns the best validation metrics, with "step" added.
+    Raises NonFiniteLoss naming the step and the term when the loss is NaN or infinite.
     """
     scaler = torch.amp.GradScaler(device.type, enabled=s.amp and device.type == "cuda")
-    best, best_state = {"miou": -1.0}, None
+    start = resume["step"] if resume else 0
+    best = resume["best"] if resume else {"miou": -1.0}
+    best_state = resume["best_state"] if resume else None
     it = iter(batches)
     model.train()
-    bar = tqdm(range(s.steps), desc=tag, disable=None, dynamic_ncols=True)
+    bar = tqdm(range(start, s.steps), desc=tag, disable=None, dynamic_ncols=True, initial=start, total=s.steps)
     for step in bar:
         lr = lr_at(step, s)
         for group in optimizer.param_groups:
@@ -92,11 +112,8 @@ def train_loop(
                                           device, s.amp, s.channels_last, s.grad_clip)
 
         if step % s.log_every == 0 or step == s.steps - 1:
-            total = task.item() + penalty.item()
-            if not math.isfinite(total):
-                raise FloatingPointError(f"{tag}: loss is {total} at step {step} (task {task.item()}, "
-                                         f"penalty {penalty.item()}); lower trainer.lr or the constraint weights")
             terms = {k: float(torch.as_tensor(v).detach()) for k, v in {**terms, **constraint.terms}.items()}
+            total = task.item() + penalty.item()
             logger.scalars(f"{tag}/loss", {"total": total, "task": task.item(), **terms}, s.first_step + step)
             logger.scalars(tag, {"lr": lr}, s.first_step + step)
             bar.set_postfix(loss=f"{total:.4f}", lr=f"{lr:.2e}")
@@ -106,6 +123,8 @@ def train_loop(
             if metrics["miou"] > best["miou"]:
                 best = {**metrics, "step": step + 1}
                 best_state = copy.deepcopy(model.state_dict())
+        if checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < s.steps:
+            checkpoint(step + 1, best, best_state)
     if best_state is not None:
         model.load_state_dict(best_state)
     return best

@@ -52,7 +52,7 @@ def save_model(folder: str | Path, model: nn.Module, builder: dict, **info) -> P
     return folder
 
 
-def _narrow(model: nn.Module, layers: dict[str, dict], state: dict[str, torch.Tensor]) -> None:
+def narrow_to(model: nn.Module, layers: dict[str, dict], state: dict[str, torch.Tensor]) -> None:
     """Give every layer the saved widths and tensors of the saved shapes."""
     modules = dict(model.named_modules())
     for name, spec in layers.items():
@@ -69,9 +69,9 @@ def _narrow(model: nn.Module, layers: dict[str, dict], state: dict[str, torch.Te
         current = getattr(m, attr, None)
         if isinstance(current, torch.Tensor) and current.shape != value.shape:
             if isinstance(current, nn.Parameter):
-                setattr(m, attr, nn.Parameter(torch.empty(value.shape, dtype=current.dtype)))
+                setattr(m, attr, nn.Parameter(torch.empty(value.shape, dtype=current.dtype, device=current.device)))
             else:
-                m.register_buffer(attr, torch.empty(value.shape, dtype=current.dtype))
+                m.register_buffer(attr, torch.empty(value.shape, dtype=current.dtype, device=current.device))
 
 
 def load_model(folder: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
@@ -96,7 +96,7 @@ def load_model(folder: str | Path, map_location: str | torch.device = "cpu") -> 
     except Exception as e:  # truncated or foreign file
         raise JSPError(f"cannot read weights {weights}: {e}") from None
     model = instantiate(meta["builder"])
-    _narrow(model, meta["layers"], state)
+    narrow_to(model, meta["layers"], state)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
