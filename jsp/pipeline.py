@@ -7,26 +7,24 @@ finished stages and continues an interrupted one where it stopped.
 """
 from __future__ import annotations
 
+import json
 import logging
-import os
-import random
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader, Subset
 
 from jsp.constraints.base import Scaled
-from jsp.data import PatchDataset, prepare
+from jsp.data import prepare
 from jsp.data.transforms import in_channels
 from jsp.engine.checkpoint import load_state, save_state
 from jsp.engine.evaluate import evaluate
 from jsp.engine.logger import RunLogger, flatten
 from jsp.engine.resume import load_constraint_stats, restore_weights, save_constraint_stats
+from jsp.engine.setup import patch_loader, resolve_device, seed_everything
 from jsp.engine.train import LoopSettings, train_loop
 from jsp.errors import ConfigError, JSPError
 from jsp.metrics import cost_report
@@ -35,22 +33,6 @@ from jsp.models.saved import layer_spec, load_model, save_model
 from jsp.pruning import ChannelGroups, apply, layer_scores, layer_widths, plan
 
 log = logging.getLogger("jsp")
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("trainer.device=cuda but no CUDA GPU is available; use trainer.device=auto or cpu")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise ConfigError(f"trainer.device must be auto, cpu or cuda, got {name!r}")
-    return torch.device(name)
 
 
 def build(node, **kwargs):
@@ -62,18 +44,6 @@ def build(node, **kwargs):
         if isinstance(cause, JSPError):
             raise cause from None
         raise
-
-
-def patch_loader(images, process, steps: int, batch_size: int, seed: int, workers, device,
-                 start: int = 0) -> DataLoader:
-    """DataLoader over batches ``start .. steps-1`` of the stage's random training patches."""
-    dataset = PatchDataset(images, process["patch_size"], steps * batch_size, seed, process["augment"])
-    if start:  # items are functions of their index: a resumed stage sees the same stream
-        dataset = Subset(dataset, range(start * batch_size, steps * batch_size))
-    if workers == "auto":  # on CPU the cores are better spent on the model
-        workers = min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=int(workers),
-                      pin_memory=device.type == "cuda", drop_last=True)
 
 
 def check_trainer(tr) -> None:
@@ -127,8 +97,6 @@ class Run:
         self.resume_state = None
         done = {}
         if cfg.resume and (run_dir / "metrics.json").is_file():
-            import json
-
             done = {k: v for k, v in json.loads((run_dir / "metrics.json").read_text()).items() if k != "final"}
         if cfg.resume and self.ckpt.is_file():
             self.resume_state = load_state(self.ckpt)

@@ -19,7 +19,7 @@ from jsp.errors import JSPError
 from jsp.metrics import cost_report
 from jsp.models import pad_multiple
 from jsp.models.saved import load_model
-from jsp.pipeline import resolve_device
+from jsp.engine.setup import resolve_device
 
 log = logging.getLogger("jsp")
 REPORTED = ("miou", "f1", "auc", "se", "sp", "acc", "params", "macs", "weight_mb")

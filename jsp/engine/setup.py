@@ -1,0 +1,40 @@
+"""Run set-up helpers: seeding, device choice, the training-patch loader."""
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from jsp.data import PatchDataset
+from jsp.errors import ConfigError
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("trainer.device=cuda but no CUDA GPU is available; use trainer.device=auto or cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise ConfigError(f"trainer.device must be auto, cpu or cuda, got {name!r}")
+    return torch.device(name)
+
+
+def patch_loader(images, process, steps: int, batch_size: int, seed: int, workers, device,
+                 start: int = 0) -> DataLoader:
+    """DataLoader over batches ``start .. steps-1`` of the stage's random training patches."""
+    dataset = PatchDataset(images, process["patch_size"], steps * batch_size, seed, process["augment"])
+    if start:  # items are functions of their index: a resumed stage sees the same stream
+        dataset = Subset(dataset, range(start * batch_size, steps * batch_size))
+    if workers == "auto":  # on CPU the cores are better spent on the model
+        workers = min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=int(workers),
+                      pin_memory=device.type == "cuda", drop_last=True)
