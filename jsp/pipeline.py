@@ -259,14 +259,14 @@ class Run:
 
 def _choices(cfg: DictConfig) -> dict:
     """Which option of each config group this run used (from Hydra, when run through it)."""
-    groups = ("dataset", "model", "constraint", "schedule")
+    groups = ("dataset", "model", "constraint", "schedule", "method")
     try:
         from hydra.core.hydra_config import HydraConfig
 
         picked = HydraConfig.get().runtime.choices
         return {g: str(picked.get(g)) for g in groups}
     except ValueError:  # called without Hydra (tests calling run() directly)
-        return {g: str(cfg[g].get("_target_", "?")).rsplit(".", 1)[-1] for g in groups}
+        return {g: str((cfg.get(g) or {}).get("_target_", "?")).rsplit(".", 1)[-1] for g in groups}
 
 
 def _model_hparams(cfg: DictConfig) -> dict:

@@ -1,0 +1,75 @@
+"""Sweeps: method presets, multirun with the basic and the joblib launcher, jsp-report."""
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from jsp.cli import CONF_DIR
+from jsp.report import main as report_main
+from tests.conftest import TINY, run_cli
+
+METHODS = {  # method.md s.5: constraint during training, importance at pruning
+    "dense": ("NoConstraint", 0, None), "l1_norm": ("NoConstraint", 1, "l1_norm"),
+    "slimming": ("Slimming", 1, "bn_scale"), "group_lasso": ("GroupLasso", 1, "group_norm"),
+    "correlation": ("NoConstraint", 1, "correlation"), "random": ("NoConstraint", 1, "random"),
+    "gradient_count": ("JSPConstraint", 1, "gradient_count"), "redundancy": ("JSPConstraint", 1, "correlation"),
+    "jsp": ("JSPConstraint", 1, "jsp"),
+}
+
+
+def test_every_method_preset_sets_constraint_and_importance():
+    assert {p.stem for p in (Path(CONF_DIR) / "method").glob("*.yaml")} == set(METHODS)
+    for name, (constraint, rounds, importance) in METHODS.items():
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose(config_name="train", overrides=[f"method={name}"])
+        assert cfg.constraint._target_.endswith(constraint), name
+        assert cfg.schedule.rounds == rounds, name
+        if rounds:
+            assert cfg.schedule.importance == importance, name
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["method=redundancy"])
+    assert cfg.constraint.lambda_s == 0 and cfg.constraint.lambda_r > 0
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("sweep") / "multirun"
+    out = run_cli("-m", *TINY, "method=dense,jsp", "schedule.keep_params=0.5", f"hydra.sweep.dir={root}")
+    assert out.returncode == 0, out.stdout + out.stderr
+    return root
+
+
+def test_report_on_a_multirun_dir(sweep, capsys):
+    assert report_main([str(sweep)]) == 0
+    rows = list(csv.DictReader(open(sweep / "summary.csv")))
+    assert sorted(r["method"] for r in rows) == ["dense", "jsp"]
+    jsp = next(r for r in rows if r["method"] == "jsp")
+    dense = next(r for r in rows if r["method"] == "dense")
+    assert float(jsp["keep"]) == 0.5 and float(dense["keep"]) == 1.0
+    assert int(jsp["params"]) < int(dense["params"]) and "lambda_s=" in jsp["lambdas"]
+    md = (sweep / "summary.md").read_text()
+    assert "Mean +- std over seeds" in md and "| jsp |" in md
+    assert (sweep / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_says_when_there_is_nothing(tmp_path, capsys):
+    assert report_main([str(tmp_path)]) == 2
+    assert "no finished runs" in capsys.readouterr().err
+
+
+def test_report_command_is_installed(sweep, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "jsp.report", str(sweep), "--out", str(tmp_path)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and (tmp_path / "summary.md").is_file(), out.stderr
+
+
+def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
+    out = run_cli("-m", *TINY, "schedule=none", "seed=0,1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                  f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "Joblib" in out.stdout + out.stderr
+    for job in ("0", "1"):
+        assert (tmp_path / "sweep" / job / "metrics.json").is_file()
