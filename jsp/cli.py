@@ -19,11 +19,14 @@ log = logging.getLogger("jsp")
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def train_main(cfg: DictConfig) -> float:
-    """Run one job; returns test mIoU so sweepers can optimise it."""
+    """Run one job; returns test mIoU so sweepers can optimise it (minus 1 above ``max_params``)."""
     from jsp.pipeline import run
 
     metrics = _guarded(run, cfg, HydraConfig.get().runtime.output_dir)
-    return metrics["final"]["miou"]
+    final = metrics["final"]
+    if cfg.get("max_params") and final["params"] > cfg.max_params:
+        return final["miou"] - 1.0  # over the budget: worse than any run within it
+    return final["miou"]
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")

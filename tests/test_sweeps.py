@@ -73,3 +73,38 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
     assert "Joblib" in out.stdout + out.stderr
     for job in ("0", "1"):
         assert (tmp_path / "sweep" / job / "metrics.json").is_file()
+
+
+def test_submitit_local_launcher_runs_the_sweep(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    out = run_cli("-m", *TINY, "schedule=none", "seed=0,1", "hydra/launcher=submitit_local",
+                  "hydra.launcher.timeout_min=10", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert out.returncode == 0, out.stdout + out.stderr
+    for job in ("0", "1"):
+        assert (tmp_path / "sweep" / job / "metrics.json").is_file()
+
+
+def test_slurm_preset_composes():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    out = run_cli("--cfg", "hydra", "hydra/launcher=slurm", "hydra.launcher.partition=gpu")
+    assert out.returncode == 0, out.stderr
+    assert "SlurmLauncher" in out.stdout and "partition: gpu" in out.stdout and "gpus_per_node: 1" in out.stdout
+
+
+def test_ray_preset_composes_when_the_plugin_is_installed():
+    pytest.importorskip("hydra_plugins.hydra_ray_launcher")
+    out = run_cli("--cfg", "hydra", "hydra/launcher=ray_cluster")
+    assert out.returncode == 0 and "RayLauncher" in out.stdout, out.stderr
+
+
+def test_optuna_search_runs_trials_and_scores_the_budget(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    import yaml
+
+    out = run_cli("hparams_search=optuna_jsp", *TINY, "hydra.sweeper.n_trials=2", "max_params=1",
+                  f"hydra.sweep.dir={tmp_path / 'study'}")
+    assert out.returncode == 0, out.stdout + out.stderr
+    result = yaml.safe_load((tmp_path / "study" / "optimization_results.yaml").read_text())
+    assert set(result["best_params"]) == {"constraint.lambda_s", "constraint.lambda_r", "schedule.keep_params"}
+    assert result["best_value"] < 0  # every run is over a 1-parameter budget: mIoU - 1
+    assert all((tmp_path / "study" / j / "metrics.json").is_file() for j in ("0", "1"))
