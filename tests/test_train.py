@@ -55,3 +55,17 @@ def test_loop_stops_on_non_finite_loss(tmp_path):
     with pytest.raises(NonFiniteLoss, match="not finite at step 0"):
         train_loop(model, batches, bad, torch.optim.SGD(model.parameters(), lr=0.1), NoConstraint(),
                    LoopSettings(steps=5, lr=0.1), torch.device("cpu"), lambda m, step: {"miou": 0}, RunLogger(tmp_path))
+
+
+def test_on_equal_validation_the_later_weights_win(tmp_path):
+    model, batches = _toy()
+    seen = []
+
+    def validate(m, step):
+        seen.append({k: v.clone() for k, v in m.state_dict().items()})
+        return {"miou": 0.5}
+
+    best = train_loop(model, batches, _ce, torch.optim.SGD(model.parameters(), lr=0.5), NoConstraint(),
+                      LoopSettings(steps=30, lr=0.5, val_every=10), torch.device("cpu"), validate, RunLogger(tmp_path))
+    assert best["step"] == 30
+    assert all(torch.equal(v, seen[-1][k]) for k, v in model.state_dict().items())

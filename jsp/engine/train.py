@@ -120,7 +120,7 @@ def train_loop(
         if (step + 1) % s.val_every == 0 or step + 1 == s.steps:
             metrics = validate(model, s.first_step + step + 1)
             logger.scalars(val_tag, metrics, s.first_step + step + 1)
-            if metrics["miou"] > best["miou"]:
+            if metrics["miou"] >= best["miou"]:  # on a tie the later, longer-trained weights win
                 best = {**metrics, "step": step + 1}
                 best_state = copy.deepcopy(model.state_dict())
         if checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < s.steps:
