@@ -29,7 +29,7 @@ class Schedule:
 
     def __init__(self, rounds: int = 1, importance: str = "jsp", keep_params: float | None = None,
                  keep_macs: float | None = None, eps: float = 0.01, min_channels: int = 2, round_to: int = 1,
-                 finetune_steps: int = 300, finetune_lr_scale: float = 0.3, constraint_scale: float = 0.0,
+                 finetune_steps: int = 300, finetune_lr_scale: float = 1.0, constraint_scale: float = 0.0,
                  seed: int = 0):
         if rounds < 0:
             raise ConfigError(f"schedule.rounds must be >= 0, got {rounds}")
