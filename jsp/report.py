@@ -1,8 +1,9 @@
 """jsp-report PATH...: compare runs. Reads run dirs (or multirun dirs holding them), writes
 
     summary.csv   one row per run: method, lambdas, keep, seed, cost and quality
-    summary.md    that table, then mean +- std over seeds per (method, model, lambdas, keep)
-    pareto.png    test mIoU against parameters (log x), one line per method
+    summary.md    which method wins at each budget (mean over seeds, gap to the runner-up and
+                  whether it exceeds the seed spread), then mean +- std per setting, then every run
+    pareto.png    test mIoU against parameters (log x), one line per method (and model)
 
 into ``--out`` (default: the first PATH).
 """
@@ -72,10 +73,68 @@ def _fmt(v) -> str:
 
 
 def groups_of(rows: list[dict]) -> dict[tuple, list[dict]]:
+    """Runs of one setting (dataset, method, model, lambdas, keep), i.e. its seeds."""
     grouped = defaultdict(list)
     for r in rows:
         grouped[(r["dataset"], r["method"], r["model"], r["lambdas"], str(r["keep"]))].append(r)
     return grouped
+
+
+def _keep_order(keep: str) -> float:
+    """Budgets from the largest down; a threshold-pruned run (no budget) after them."""
+    try:
+        return -float(keep)
+    except ValueError:
+        return 1.0
+
+
+def _stats(values: list[float]) -> tuple[float, float]:
+    values = [v for v in values if isinstance(v, (int, float)) and not math.isnan(v)]
+    if not values:
+        return float("nan"), float("nan")
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def rank_budgets(rows: list[dict]) -> list[dict]:
+    """Per (dataset, model, keep): the settings ranked by mean test mIoU, best first.
+
+    Returns one dict per budget: ``dataset, model, keep, ranked`` (list of dicts with method,
+    lambdas, seeds, mean/std of every QUALITY column) and ``verdict``: the winner's lead over the
+    runner-up, called clear only when it exceeds the sum of the two seed standard deviations
+    (both need two or more seeds; one seed gives no noise estimate, and the verdict says so).
+    """
+    budgets = defaultdict(list)
+    for (dataset, method, model, lambdas, keep), rs in groups_of(rows).items():
+        entry = {"method": method, "lambdas": lambdas, "seeds": len(rs)}
+        for k in QUALITY:
+            entry[k], entry[k + "_std"] = _stats([r[k] for r in rs])
+        budgets[(dataset, model, keep)].append(entry)
+    dense = {(d, m): e["miou"] for (d, m, _), es in budgets.items() for e in es if e["method"] == "dense"}
+    out = []
+    for (dataset, model, keep), entries in sorted(budgets.items(), key=lambda kv: (kv[0][0], kv[0][1], _keep_order(kv[0][2]))):
+        entries.sort(key=lambda e: -e["miou"] if not math.isnan(e["miou"]) else math.inf)
+        for e in entries:
+            e["vs_dense"] = e["miou"] - dense.get((dataset, model), float("nan"))
+        best = entries[0]
+        if len(entries) == 1:
+            verdict = f"{best['method']} is the only method at this budget"
+        else:
+            second, gap = entries[1], entries[0]["miou"] - entries[1]["miou"]
+            verdict = f"{best['method']} leads {second['method']} by {gap:.4f} mIoU"
+            if min(best["seeds"], second["seeds"]) < 2:
+                verdict += " (one seed: no noise estimate; do not read small gaps as wins)"
+            elif gap > best["miou_std"] + second["miou_std"]:
+                verdict += f" (clear: larger than the seed spread {best['miou_std'] + second['miou_std']:.4f})"
+            else:
+                verdict += f" (within the seed spread {best['miou_std'] + second['miou_std']:.4f}: no clear winner)"
+        out.append({"dataset": dataset, "model": model, "keep": keep, "ranked": entries, "verdict": verdict})
+    return out
+
+
+def _pm(mean: float, std: float, seeds: int, digits: int = 4) -> str:
+    if math.isnan(mean):
+        return "-"
+    return f"{mean:.{digits}f}" + (f" +- {std:.{digits}f}" if seeds > 1 else "")
 
 
 def write_tables(rows: list[dict], out: Path) -> None:
@@ -83,15 +142,28 @@ def write_tables(rows: list[dict], out: Path) -> None:
         writer = csv.DictWriter(f, COLUMNS)
         writer.writeheader()
         writer.writerows({k: r[k] for k in COLUMNS} for r in rows)
+    lines = ["# Which method wins at which budget", "",
+             "Ranked by mean test mIoU over seeds (+- sample std when there are several); "
+             "`vs dense` is the gap to the unpruned network of the same model.", ""]
+    for b in rank_budgets(rows):
+        lines += [f"## {b['dataset']} / {b['model']} / keep {b['keep']}", "", f"**{b['verdict']}**", "",
+                  "| # | method | lambdas | seeds | params | GMACs | MB | latency ms | mIoU | F1 | AUC | vs dense |",
+                  "|" + "---|" * 12]
+        for i, e in enumerate(b["ranked"], 1):
+            lines.append(f"| {i} | {e['method']} | {e['lambdas']} | {e['seeds']} | {_fmt(round(e['params']))} | "
+                         f"{e['macs'] / 1e9:.2f} | {e['weight_mb']:.3f} | {_pm(e['latency_ms'], e['latency_ms_std'], 1, 1)} | "
+                         f"{_pm(e['miou'], e['miou_std'], e['seeds'])} | {_pm(e['f1'], e['f1_std'], e['seeds'])} | "
+                         f"{_pm(e['auc'], e['auc_std'], e['seeds'])} | {e['vs_dense']:+.4f} |".replace("+nan", "-"))
+        lines.append("")
     cols = COLUMNS[:-1]
-    lines = ["# Runs", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in rows]
-    lines += ["", "# Mean +- std over seeds", "",
+    lines += ["# Mean +- std over seeds", "",
               "| dataset | method | model | lambdas | keep | seeds | " + " | ".join(QUALITY) + " |",
               "|" + "---|" * (6 + len(QUALITY))]
     for (dataset, method, model, lambdas, keep), rs in sorted(groups_of(rows).items()):
         lines.append(f"| {dataset} | {method} | {model} | {lambdas} | {keep} | {len(rs)} | "
                      + " | ".join(_mean_std([r[k] for r in rs]) for k in QUALITY) + " |")
+    lines += ["", "# Runs", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in rows]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
 
 
@@ -103,9 +175,12 @@ def write_pareto(rows: list[dict], out: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(9, 4.5), dpi=120)
     by_method = defaultdict(list)
-    datasets = {r["dataset"] for r in rows}
-    for (dataset, method, _, _, _), rs in groups_of(rows).items():
-        method = method if len(datasets) == 1 else f"{method} ({dataset})"
+    datasets, models = {r["dataset"] for r in rows}, {r["model"] for r in rows}
+    for (dataset, method, model, _, _), rs in groups_of(rows).items():
+        # one line per method, split by model/dataset when there are several: a line joining a
+        # UNet point to a MobileNetV3 point would read as a trade-off curve that does not exist
+        tags = [t for t, many in ((model, len(models) > 1), (dataset, len(datasets) > 1)) if many]
+        method = f"{method} ({', '.join(tags)})" if tags else method
         params = statistics.fmean(r["params"] for r in rs)
         mious = [r["miou"] for r in rs]
         by_method[method].append((params, statistics.fmean(mious), statistics.stdev(mious) if len(mious) > 1 else 0))

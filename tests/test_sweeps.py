@@ -8,7 +8,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from jsp.cli import CONF_DIR
-from jsp.report import main as report_main
+from jsp.report import main as report_main, rank_budgets
 from tests.conftest import TINY, run_cli
 
 METHODS = {  # method.md s.5: constraint during training, importance at pruning
@@ -52,7 +52,34 @@ def test_report_on_a_multirun_dir(sweep, capsys):
     assert int(jsp["params"]) < int(dense["params"]) and "lambda_s=" in jsp["lambdas"]
     md = (sweep / "summary.md").read_text()
     assert "Mean +- std over seeds" in md and "| jsp |" in md
+    assert "## synthetic / unet / keep 0.5" in md
+    assert "jsp is the only method at this budget" in md
     assert (sweep / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _row(method, keep, seed, miou, model="unet"):
+    return {"dataset": "drive", "method": method, "model": model, "lambdas": "-", "keep": keep, "seed": seed,
+            "params": 1000 * keep, "macs": 1e9, "weight_mb": 0.1, "latency_ms": 5.0, "miou": miou, "f1": miou,
+            "auc": 0.9, "run": f"{method}/{seed}"}
+
+
+def test_ranking_names_the_winner_per_budget_and_judges_the_gap_against_seed_spread():
+    rows = [_row("dense", 1.0, s, 0.80) for s in range(3)]
+    rows += [_row("jsp", 0.01, s, m) for s, m in enumerate((0.805, 0.806, 0.807))]  # clear lead
+    rows += [_row("l1_norm", 0.01, s, m) for s, m in enumerate((0.780, 0.781, 0.782))]
+    rows += [_row("jsp", 0.1, s, m) for s, m in enumerate((0.800, 0.820, 0.810))]  # noisy lead
+    rows += [_row("slimming", 0.1, s, m) for s, m in enumerate((0.808, 0.806, 0.807))]
+    rows += [_row("jsp", 0.5, 0, 0.79, "mobilenetv3"), _row("dense", 1.0, 0, 0.78, "mobilenetv3"),
+             _row("l1_norm", 0.5, 0, 0.70, "mobilenetv3")]
+    budgets = {(b["model"], b["keep"]): b for b in rank_budgets(rows)}
+    assert [k for k in budgets if k[0] == "unet"] == [("unet", "1.0"), ("unet", "0.1"), ("unet", "0.01")]
+    tiny = budgets[("unet", "0.01")]
+    assert [e["method"] for e in tiny["ranked"]] == ["jsp", "l1_norm"]
+    assert abs(tiny["ranked"][0]["miou"] - 0.806) < 1e-9 and abs(tiny["ranked"][0]["vs_dense"] - 0.006) < 1e-9
+    assert "jsp leads l1_norm by 0.0250" in tiny["verdict"] and "clear" in tiny["verdict"]
+    assert "no clear winner" in budgets[("unet", "0.1")]["verdict"]
+    mnv3 = budgets[("mobilenetv3", "0.5")]
+    assert "one seed" in mnv3["verdict"] and abs(mnv3["ranked"][0]["vs_dense"] - 0.01) < 1e-9
 
 
 def test_report_says_when_there_is_nothing(tmp_path, capsys):
