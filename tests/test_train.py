@@ -69,3 +69,26 @@ def test_on_equal_validation_the_later_weights_win(tmp_path):
                       LoopSettings(steps=30, lr=0.5, val_every=10), torch.device("cpu"), validate, RunLogger(tmp_path))
     assert best["step"] == 30
     assert all(torch.equal(v, seen[-1][k]) for k, v in model.state_dict().items())
+
+
+def test_fine_tuning_hands_back_the_starting_weights_when_it_never_beats_them(tmp_path):
+    model, batches = _toy()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    scores = iter([0.9, 0.5, 0.6, 0.7])  # the starting network validates best
+
+    best = train_loop(model, batches, _ce, torch.optim.SGD(model.parameters(), lr=0.5), NoConstraint(),
+                      LoopSettings(steps=30, lr=0.5, val_every=10, validate_start=True), torch.device("cpu"),
+                      lambda m, step: {"miou": next(scores)}, RunLogger(tmp_path))
+    assert best == {"miou": 0.9, "step": 0}
+    assert all(torch.equal(v, start[k]) for k, v in model.state_dict().items())
+
+
+def test_fine_tuning_keeps_its_own_weights_when_they_validate_as_well(tmp_path):
+    model, batches = _toy()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    scores = iter([0.5, 0.4, 0.5, 0.3])
+    best = train_loop(model, batches, _ce, torch.optim.SGD(model.parameters(), lr=0.5), NoConstraint(),
+                      LoopSettings(steps=30, lr=0.5, val_every=10, validate_start=True), torch.device("cpu"),
+                      lambda m, step: {"miou": next(scores)}, RunLogger(tmp_path))
+    assert best["step"] == 20
+    assert not all(torch.equal(v, start[k]) for k, v in model.state_dict().items())

@@ -31,6 +31,7 @@ class LoopSettings:
     amp: bool = False
     channels_last: bool = False
     first_step: int = 0   # global step of this stage's first step (TensorBoard x axis)
+    validate_start: bool = False  # the starting weights compete for "best" (fine-tuning may not help)
 
 
 def lr_at(step: int, s: LoopSettings) -> float:
@@ -93,6 +94,7 @@ def train_loop(
     resume: {"step": steps already done, "best": metrics, "best_state": weights or None}.
     checkpoint: called as checkpoint(steps done, best, best_state) every ``checkpoint_every``
         steps, so a killed run loses at most that many steps.
+    With ``s.validate_start`` the starting weights are validated first and count as step 0.
     Returns the best validation metrics, with "step" added.
     Raises NonFiniteLoss naming the step and the term when the loss is NaN or infinite.
     """
@@ -100,6 +102,12 @@ def train_loop(
     start = resume["step"] if resume else 0
     best = resume["best"] if resume else {"miou": -1.0}
     best_state = resume["best_state"] if resume else None
+    if s.validate_start and start == 0:
+        # Fine-tuning starts from a network that already works; if no fine-tuned checkpoint
+        # beats it on validation, the stage must hand it back rather than a worse one.
+        best = {**validate(model, s.first_step), "step": 0}
+        logger.scalars(val_tag, {k: v for k, v in best.items() if k != "step"}, s.first_step)
+        best_state = copy.deepcopy(model.state_dict())
     it = iter(batches)
     model.train()
     bar = tqdm(range(start, s.steps), desc=tag, disable=None, dynamic_ncols=True, initial=start, total=s.steps)
