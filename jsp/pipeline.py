@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from jsp.constraints.base import Scaled
 from jsp.data import prepare
 from jsp.data.transforms import in_channels
+from jsp.engine import dense_cache
 from jsp.engine.checkpoint import load_state, save_state
 from jsp.engine.evaluate import evaluate
 from jsp.engine.logger import RunLogger, flatten
@@ -126,10 +127,14 @@ class Run:
 
     def execute(self) -> dict:
         stages = self.plan()
+        trained_here = False
+        if self.cfg.get("dense_cache") and "dense" not in self.logger.metrics and self.resume_state is None:
+            trained_here = self.dense_from_cache(stages[0][1])
         done = [name for name, _ in stages if name in self.logger.metrics]
-        if done:  # resume after the last finished stage, from its saved model
+        if done and not trained_here:  # resume after the last finished stage, from its saved model
             self.restore_stage(done[-1])
-            log.info("resume: stages %s are done; continuing after %s", ", ".join(done), done[-1])
+            log.info("%s: stages %s are done; continuing after %s", "resume" if self.cfg.resume else "cache",
+                     ", ".join(done), done[-1])
         for name, work in stages:
             if name in done:
                 continue
@@ -146,6 +151,29 @@ class Run:
         self.logger.close()
         _summary(self.logger.metrics, self.run_dir, choices)
         return self.logger.metrics
+
+    def dense_from_cache(self, train_dense) -> bool:
+        """Copy the dense stage from ``dense_cache`` or train it and store it there; True if trained here."""
+        container = lambda node: OmegaConf.to_container(node, resolve=True)
+        trainer = {k: v for k, v in container(self.tr).items() if k not in dense_cache.IGNORED_TRAINER_KEYS}
+        key = dense_cache.dense_key({"dataset": self.data_cfg, "model": self.builder, "seed": self.cfg.seed,
+                                     "constraint": container(self.cfg.constraint), "trainer": trainer,
+                                     "device": self.device.type})
+        folder = self.run_dir / "checkpoints" / "dense"
+        with dense_cache.claim(self.cfg.dense_cache, key) as entry:
+            cached = dense_cache.fetch(entry, folder)
+            if cached is None:
+                train_dense()
+                self.test_stage("dense", "test")
+                dense_cache.store(entry, folder, self.logger.metrics["dense"], self.run_dir)
+                return True
+        log.info("dense: copied from %s (trained in %s); this run trains no dense network", entry,
+                 cached.pop("trained_in"))
+        cached.update(schedule=self.schedule.settings(), dense_from=str(entry))
+        self.logger.scalars("test", {k: v for k, v in cached.items() if isinstance(v, (int, float))},
+                            cached.get("global_step", 0))
+        self.logger.stage("dense", cached)
+        return False
 
     def restore_stage(self, name: str) -> None:
         folder = self.run_dir / "checkpoints" / name
