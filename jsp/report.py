@@ -126,7 +126,10 @@ def rank_budgets(rows: list[dict]) -> list[dict]:
             elif gap > best["miou_std"] + second["miou_std"]:
                 verdict += f" (clear: larger than the seed spread {best['miou_std'] + second['miou_std']:.4f})"
             else:
-                verdict += f" (within the seed spread {best['miou_std'] + second['miou_std']:.4f}: no clear winner)"
+                tied = [e["method"] for e in entries if e["seeds"] > 1
+                        and best["miou"] - e["miou"] <= best["miou_std"] + e["miou_std"]]
+                verdict += (f" (within the seed spread {best['miou_std'] + second['miou_std']:.4f}: no clear winner; "
+                            f"within the spread of the leader: {', '.join(tied)})")
         out.append({"dataset": dataset, "model": model, "keep": keep, "ranked": entries, "verdict": verdict})
     return out
 

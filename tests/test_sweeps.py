@@ -78,6 +78,7 @@ def test_ranking_names_the_winner_per_budget_and_judges_the_gap_against_seed_spr
     assert abs(tiny["ranked"][0]["miou"] - 0.806) < 1e-9 and abs(tiny["ranked"][0]["vs_dense"] - 0.006) < 1e-9
     assert "jsp leads l1_norm by 0.0250" in tiny["verdict"] and "clear" in tiny["verdict"]
     assert "no clear winner" in budgets[("unet", "0.1")]["verdict"]
+    assert budgets[("unet", "0.1")]["verdict"].endswith("within the spread of the leader: jsp, slimming)")
     mnv3 = budgets[("mobilenetv3", "0.5")]
     assert "one seed" in mnv3["verdict"] and abs(mnv3["ranked"][0]["vs_dense"] - 0.01) < 1e-9
 
