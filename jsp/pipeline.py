@@ -131,10 +131,10 @@ class Run:
         if self.cfg.get("dense_cache") and "dense" not in self.logger.metrics and self.resume_state is None:
             trained_here = self.dense_from_cache(stages[0][1])
         done = [name for name, _ in stages if name in self.logger.metrics]
-        if done and not trained_here:  # resume after the last finished stage, from its saved model
+        if done and not trained_here:  # resume (or go on from a cached dense stage) from the last saved model
             self.restore_stage(done[-1])
-            log.info("%s: stages %s are done; continuing after %s", "resume" if self.cfg.resume else "cache",
-                     ", ".join(done), done[-1])
+            if self.cfg.resume:
+                log.info("resume: stages %s are done; continuing after %s", ", ".join(done), done[-1])
         for name, work in stages:
             if name in done:
                 continue
