@@ -171,33 +171,54 @@ def write_tables(rows: list[dict], out: Path) -> None:
 
 
 def write_pareto(rows: list[dict], out: Path) -> None:
+    """Two panels, same lines: every setting (left) and the top 0.03 mIoU zoomed in (right).
+
+    One colour and marker per method, one line style per model/dataset; the dense network of
+    each model is a dotted horizontal reference, so "above the dotted line" means no loss.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=120)
-    by_method = defaultdict(list)
-    datasets, models = {r["dataset"] for r in rows}, {r["model"] for r in rows}
+    datasets, models = sorted({r["dataset"] for r in rows}), sorted({r["model"] for r in rows})
+    curves = defaultdict(list)  # (method, model, dataset) -> [(params, mean, std)]
     for (dataset, method, model, _, _), rs in groups_of(rows).items():
-        # one line per method, split by model/dataset when there are several: a line joining a
-        # UNet point to a MobileNetV3 point would read as a trade-off curve that does not exist
-        tags = [t for t, many in ((model, len(models) > 1), (dataset, len(datasets) > 1)) if many]
-        method = f"{method} ({', '.join(tags)})" if tags else method
-        params = statistics.fmean(r["params"] for r in rs)
-        mious = [r["miou"] for r in rs]
-        by_method[method].append((params, statistics.fmean(mious), statistics.stdev(mious) if len(mious) > 1 else 0))
-    for method, points in sorted(by_method.items()):
-        points.sort()
-        xs, ys, es = zip(*points)
-        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=method)
-    ax.set_xscale("log")
-    ax.set_xlabel("parameters (log scale)")
-    ax.set_ylabel("test mIoU")
-    ax.set_title("Quality against size: up and to the left is better")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
-    fig.tight_layout()
+        mean, std = _stats([r["miou"] for r in rs])
+        curves[(method, model, dataset)].append((statistics.fmean(r["params"] for r in rs), mean, std))
+    methods = sorted({m for m, _, _ in curves if m != "dense"})
+    colours = plt.get_cmap("tab20" if len(methods) > 10 else "tab10")
+    markers = "osD^vP*Xhp<>"
+    styles = ["-", "--", "-.", ":"]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), dpi=120)
+    for ax in axes:
+        for (method, model, dataset), points in sorted(curves.items()):
+            tags = [t for t, many in ((model, len(models) > 1), (dataset, len(datasets) > 1)) if many]
+            label = f"{method} ({', '.join(tags)})" if tags else method
+            style = styles[(models.index(model) + len(models) * datasets.index(dataset)) % len(styles)]
+            if method == "dense":
+                for params, mean, _ in points:
+                    ax.axhline(mean, color="black", linestyle=":", linewidth=1)
+                    ax.plot([params], [mean], "k*", markersize=10, label=label)
+                continue
+            i = methods.index(method)
+            xs, ys, es = zip(*sorted(points))
+            ax.errorbar(xs, ys, yerr=es, color=colours(i % colours.N), marker=markers[i % len(markers)],
+                        linestyle=style, capsize=3, label=label)
+        ax.set_xscale("log")
+        ax.set_xlabel("parameters (log scale)")
+        ax.grid(True, which="both", alpha=0.3)
+    means = [mean for points in curves.values() for _, mean, _ in points if not math.isnan(mean)]
+    top = max(means)
+    axes[0].set_ylabel("test mIoU (mean +- std over seeds)")
+    axes[0].set_title("All settings")
+    axes[1].set_ylim(top - 0.03, top + 0.006)
+    axes[1].set_title("Zoom: within 0.03 mIoU of the best")
+    handles, labels = axes[0].get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    fig.legend(unique.values(), unique.keys(), fontsize=8, loc="center right")
+    fig.suptitle("Quality against size: up and to the left is better; dotted: the dense network")
+    fig.tight_layout(rect=(0, 0, 0.84, 1))
     fig.savefig(out / "pareto.png")
     plt.close(fig)
 
