@@ -57,11 +57,9 @@ def describe(run: Path) -> dict:
 
 
 def _mean_std(values: list[float]) -> str:
-    values = [v for v in values if isinstance(v, (int, float)) and not math.isnan(v)]
-    if not values:
+    mean, std = _stats(values)
+    if math.isnan(mean):
         return "-"
-    mean = statistics.fmean(values)
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
     big = abs(mean) >= 1000
     return f"{mean:,.0f} +- {std:,.0f}" if big else f"{mean:.4f} +- {std:.4f}"
 
