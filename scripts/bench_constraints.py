@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
@@ -23,6 +20,8 @@ from jsp.data import PatchDataset, make_synthetic, prepare
 from jsp.engine.losses import CEDiceLoss
 from jsp.engine.train import train_step
 from jsp.models import UNet
+
+from benchlib import write_report  # scripts/benchlib.py
 
 
 def main() -> None:
@@ -76,15 +75,10 @@ def main() -> None:
         "ratio": result["jsp"] / result["none"],
         "overhead_pct": 100 * (result["jsp"] / result["none"] - 1),
         "config": vars(args) | {"redund_every": runs["jsp"]["constraint"].redund_every},
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-                   f"torch {torch.__version__}, {args.device}",
-        "date": time.strftime("%Y-%m-%d"),
     }
     print(f"step time none {report['step_ms_none']:.1f} ms | jsp {report['step_ms_jsp']:.1f} ms | "
           f"ratio {report['ratio']:.3f} ({report['overhead_pct']:+.1f}%)")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2))
-    print(f"wrote {args.out}")
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":

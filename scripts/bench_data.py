@@ -10,10 +10,7 @@ is timed on random tensors already on the device, so each number is an upper bou
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import time
-from pathlib import Path
 
 import torch
 
@@ -23,6 +20,8 @@ from jsp.engine.losses import CEDiceLoss
 from jsp.engine.setup import patch_loader
 from jsp.engine.train import train_step
 from jsp.models import UNet
+
+from benchlib import write_report  # scripts/benchlib.py
 
 
 def main() -> None:
@@ -40,8 +39,7 @@ def main() -> None:
     data = load_drive(args.root) if args.root else make_synthetic()
     images = prepare(data.train, "rgb", True)
     process = {"patch_size": args.patch, "augment": True}
-    report = {"config": vars(args), "loader_img_s": {}, "date": time.strftime("%Y-%m-%d"),
-              "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"}
+    report = {"config": vars(args), "loader_img_s": {}}
     for workers in args.workers:
         loader = patch_loader(images, process, args.steps, args.batch, 0, workers, device)
         t0 = time.perf_counter()
@@ -71,9 +69,7 @@ def main() -> None:
         print(f"loader, {w} workers: {v:8.0f} images/s")
     print(f"training step:      {report['step_img_s']:8.0f} images/s  (loader/step = {report['loader_over_step']:.1f}: "
           f"{'data is not' if report['loader_over_step'] > 1.5 else 'data may be'} the bottleneck)")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2))
-    print(f"wrote {args.out}")
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":

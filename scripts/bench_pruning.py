@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import platform
 import time
-from pathlib import Path
 
 import torch
 
@@ -23,6 +20,8 @@ from jsp.metrics import count_macs, count_params
 from jsp.metrics.cost import cpu_latency_ms
 from jsp.models import UNet
 from jsp.pruning import ChannelGroups, Target, apply, layer_scores, plan
+
+from benchlib import write_report  # scripts/benchlib.py
 
 
 def main() -> None:
@@ -61,11 +60,7 @@ def main() -> None:
         print(f"{r['keep']:>6} {r['params']:>10,} {100 * r['params_ratio']:>7.1f}% {r['macs'] / 1e9:>8.2f} "
               f"{100 * r['macs_ratio']:>6.1f}% {r['latency_ms']:>11.1f} {r['speedup']:>8.2f}x {r['mac_speedup']:>12.2f}x "
               f"{r['surgery_s']:>10.2f}")
-    report = {"rows": rows, "config": vars(args), "date": time.strftime("%Y-%m-%d"),
-              "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2))
-    print(f"wrote {args.out}")
+    write_report({"rows": rows, "config": vars(args)}, args.out)
 
 
 if __name__ == "__main__":
