@@ -122,7 +122,7 @@ class Run:
             if s.finetune_steps:
                 stages.append((f"finetuned{suffix}", lambda x=suffix, r=r: self.train_stage(
                     s.finetune_steps, f"finetune{x}", f"finetune{x}/val", Scaled(self.constraint, s.constraint_scale),
-                    tr.lr * s.finetune_lr_scale, self.cfg.seed + r, keep_start=True)))
+                    tr.lr * s.finetune_lr_scale, self.cfg.seed + r, validate_start=True)))
         return stages
 
     def execute(self) -> dict:
@@ -220,13 +220,13 @@ class Run:
                     metrics={k: v for k, v in metrics.items() if k != "units_off_layers"})
 
     def train_stage(self, steps: int, tag: str, val_tag: str, constraint, lr: float, seed: int,
-                    keep_start: bool = False) -> dict:
+                    validate_start: bool = False) -> dict:
         tr = self.tr
         resume = self.take_resume_state(tag)
         settings = LoopSettings(steps=steps, lr=lr, warmup_steps=min(tr.warmup_steps, steps // 2),
                                 min_lr_ratio=tr.min_lr_ratio, val_every=tr.val_every, log_every=tr.log_every,
                                 grad_clip=tr.grad_clip, amp=self.amp, channels_last=self.channels_last,
-                                first_step=self.step - (resume["step"] if resume else 0), validate_start=keep_start)
+                                first_step=self.step - (resume["step"] if resume else 0), validate_start=validate_start)
         # The optimizer is built per stage: surgery replaces parameters between stages.
         optimizer = build(tr.optimizer)(self.model.parameters())
         if resume:
@@ -251,7 +251,7 @@ class Run:
         self.step = settings.first_step + steps
         checkpoint(steps, best, None)  # stage end: the model now holds the best weights
         log.info("%s: best val mIoU %.4f at step %d", tag, best["miou"], best["step"])
-        if keep_start and best["step"] == 0:
+        if validate_start and best["step"] == 0:
             log.warning("%s: no fine-tuned checkpoint beat the pruned network on validation; the pruned weights "
                         "are kept (a lower schedule.finetune_lr_scale may help)", tag)
         return best
