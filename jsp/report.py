@@ -37,7 +37,8 @@ def find_runs(paths: list[str]) -> list[Path]:
 
 def describe(run: Path) -> dict:
     """One summary row for a run dir."""
-    final = json.loads((run / "metrics.json").read_text())["final"]
+    stages = json.loads((run / "metrics.json").read_text())
+    final = stages["final"]
     cfg = yaml.safe_load((run / ".hydra" / "config.yaml").read_text()) if (run / ".hydra" / "config.yaml").is_file() else {}
     hydra = yaml.safe_load((run / ".hydra" / "hydra.yaml").read_text()) if (run / ".hydra" / "hydra.yaml").is_file() else {}
     choices = (hydra.get("hydra") or {}).get("runtime", {}).get("choices", {})
@@ -53,6 +54,7 @@ def describe(run: Path) -> dict:
     row = {"dataset": choices.get("dataset", "?"), "method": method, "model": choices.get("model", "?"), "lambdas": lambdas or "-", "keep": keep,
            "seed": cfg.get("seed", "?"), "run": str(run)}
     row.update({k: final.get(k, float("nan")) for k in QUALITY})
+    row["own_dense_miou"] = stages.get("dense", {}).get("miou", float("nan"))  # before pruning
     return row
 
 
@@ -103,7 +105,8 @@ def rank_budgets(rows: list[dict]) -> list[dict]:
     """
     budgets = defaultdict(list)
     for (dataset, method, model, lambdas, keep), rs in groups_of(rows).items():
-        entry = {"method": method, "lambdas": lambdas, "seeds": len(rs)}
+        entry = {"method": method, "lambdas": lambdas, "seeds": len(rs),
+                 "own_dense": _stats([r.get("own_dense_miou", float("nan")) for r in rs])[0]}
         for k in QUALITY:
             entry[k], entry[k + "_std"] = _stats([r[k] for r in rs])
         budgets[(dataset, model, keep)].append(entry)
@@ -112,7 +115,7 @@ def rank_budgets(rows: list[dict]) -> list[dict]:
     for (dataset, model, keep), entries in sorted(budgets.items(), key=lambda kv: (kv[0][0], kv[0][1], _keep_order(kv[0][2]))):
         entries.sort(key=lambda e: -e["miou"] if not math.isnan(e["miou"]) else math.inf)
         for e in entries:
-            e["vs_dense"] = e["miou"] - dense.get((dataset, model), float("nan"))
+            e["vs_dense"] = e["miou"] - dense.get((dataset, model), e["own_dense"])
         best = entries[0]
         if len(entries) == 1:
             verdict = f"{best['method']} is the only method at this budget"
@@ -145,7 +148,8 @@ def write_tables(rows: list[dict], out: Path) -> None:
         writer.writerows({k: r[k] for k in COLUMNS} for r in rows)
     lines = ["# Which method wins at which budget", "",
              "Ranked by mean test mIoU over seeds (+- sample std when there are several); "
-             "`vs dense` is the gap to the unpruned network of the same model.", ""]
+             "`vs dense` is the gap to the unpruned network of the same model: the `dense` method's runs "
+             "when the report has them, else each run's own network before pruning.", ""]
     for b in rank_budgets(rows):
         lines += [f"## {b['dataset']} / {b['model']} / keep {b['keep']}", "", f"**{b['verdict']}**", "",
                   "| # | method | lambdas | seeds | params | GMACs | MB | latency ms | mIoU | F1 | AUC | vs dense |",

@@ -1,5 +1,6 @@
 """Sweeps: method presets, multirun with the basic and the joblib launcher, jsp-report."""
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +55,12 @@ def test_report_on_a_multirun_dir(sweep, capsys):
     assert "Mean +- std over seeds" in md and "| jsp |" in md
     assert "## synthetic / unet / keep 0.5" in md
     assert "jsp is the only method at this budget" in md
+
+    alone = sweep / "1"  # the jsp run alone: vs dense from its own dense stage
+    assert report_main([str(alone), "--out", str(sweep / "alone")]) == 0
+    own = json.loads((alone / "metrics.json").read_text())
+    gap = own["final"]["miou"] - own["dense"]["miou"]
+    assert f"| {gap:+.4f} |" in (sweep / "alone" / "summary.md").read_text()
     assert (sweep / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
