@@ -47,9 +47,18 @@ def export_main(cfg: DictConfig) -> None:
 
 
 def _guarded(fn, *args):
-    """Run ``fn``; a JSPError becomes one logged line and exit code 2 (JSP_DEBUG=1 shows the traceback)."""
+    """Run ``fn``; a JSPError becomes one logged line and exit code 2 (JSP_DEBUG=1 shows the traceback).
+
+    A preempted run exits with ``EXIT_PREEMPTED`` (75) after handing the signal on (submitit requeues).
+    """
+    from jsp.engine import preemption
+
     try:
         return fn(*args)
+    except preemption.Preempted as e:
+        log.warning("preempted: %s", e)
+        preemption.hand_on()
+        sys.exit(preemption.EXIT_PREEMPTED)
     except JSPError as e:
         if os.environ.get("JSP_DEBUG"):
             raise

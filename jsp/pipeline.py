@@ -20,18 +20,22 @@ from omegaconf import DictConfig, OmegaConf
 from jsp.constraints.base import Scaled
 from jsp.data import prepare
 from jsp.data.transforms import in_channels
-from jsp.engine import dense_cache
+from jsp.engine import dense_cache, preemption
 from jsp.engine.checkpoint import load_state, save_state
 from jsp.engine.evaluate import evaluate
 from jsp.engine.logger import RunLogger, flatten
-from jsp.engine.resume import load_constraint_stats, restore_weights, save_constraint_stats
+from jsp.engine.resume import clear_preempted, load_constraint_stats, mark_preempted, restore_weights, resuming, \
+    save_constraint_stats
 from jsp.engine.setup import patch_loader, resolve_device, seed_everything
 from jsp.engine.train import LoopSettings, train_loop
+from jsp.data.io import set_max_pixels
 from jsp.errors import ConfigError, JSPError
+from jsp.files import RunLock, probe_writable
 from jsp.metrics import cost_report
 from jsp.models import pad_multiple
 from jsp.models.saved import layer_spec, load_model, save_model
 from jsp.pruning import ChannelGroups, apply, layer_scores, layer_widths, plan
+from jsp.registry import describe
 
 log = logging.getLogger("jsp")
 
@@ -57,8 +61,20 @@ def check_trainer(tr) -> None:
 
 
 def run(cfg: DictConfig, run_dir: str | Path) -> dict:
-    """Run every stage; returns metrics.json's content. ``run_dir`` receives all outputs."""
-    return Run(cfg, Path(run_dir)).execute()
+    """Run every stage; returns metrics.json's content. ``run_dir`` receives all outputs.
+
+    Fails before any work when ``run_dir`` cannot be written or another job holds it; on a stop
+    signal the state is saved, the run dir is marked preempted and ``Preempted`` is raised.
+    """
+    run_dir = Path(run_dir)
+    probe_writable(run_dir / "checkpoints")
+    with RunLock(run_dir):
+        preemption.install()
+        try:
+            return Run(cfg, run_dir).execute()
+        except preemption.Preempted:
+            mark_preempted(run_dir, preemption.requested())
+            raise
 
 
 class Run:
@@ -67,6 +83,7 @@ class Run:
     def __init__(self, cfg: DictConfig, run_dir: Path):
         self.cfg, self.run_dir, self.t_start = cfg, run_dir, time.time()
         seed_everything(cfg.seed)
+        set_max_pixels(cfg.get("max_image_pixels"))
         tr = self.tr = cfg.trainer
         # Everything a config can get wrong is checked before data is read or a step is run.
         self.device = resolve_device(tr.device)
@@ -78,6 +95,7 @@ class Run:
         self.data_cfg = OmegaConf.to_container(cfg.dataset, resolve=True)
         self.process = self.data_cfg["process"]
         self.c_in = in_channels(self.process["channels"])
+        self.data_record = describe("dataset", self.data_cfg)  # what model.json records: a registry key
         self.data = build({k: v for k, v in self.data_cfg.items() if k != "process"})
         smallest = min(min(s.label.shape) for s in self.data.train)
         if self.process["patch_size"] > smallest:
@@ -90,6 +108,7 @@ class Run:
 
         self.builder = {**OmegaConf.to_container(cfg.model, resolve=True), "in_channels": self.c_in,
                         "num_classes": self.data.num_classes}
+        self.architecture = describe("model", self.builder)
         self.channels_last = tr.channels_last is True or (tr.channels_last == "auto" and self.device.type == "cuda")
         self.set_model(build(self.builder))
         self.loss_fn = build(tr.loss, ignore_index=self.data.ignore_index)
@@ -97,14 +116,15 @@ class Run:
         self.ckpt = run_dir / "checkpoints" / "last.pt"
         self.resume_state = None
         done = {}
-        if cfg.resume and (run_dir / "metrics.json").is_file():
+        self.resume = resuming(cfg.resume, run_dir)
+        if self.resume and (run_dir / "metrics.json").is_file():
             done = {k: v for k, v in json.loads((run_dir / "metrics.json").read_text()).items() if k != "final"}
-        if cfg.resume and self.ckpt.is_file():
+        if self.resume and self.ckpt.is_file():
             self.resume_state = load_state(self.ckpt)
         self.step = 0  # global step across stages, so TensorBoard curves follow one another
         purge = self.resume_state["global_step"] if self.resume_state else max(
             [m.get("global_step", 0) for m in done.values()], default=0)
-        self.logger = RunLogger(run_dir, metrics=done, purge_step=purge if cfg.resume else None)
+        self.logger = RunLogger(run_dir, metrics=done, purge_step=purge if self.resume else None)
 
     def set_model(self, model) -> None:
         self.model = model.to(self.device)
@@ -133,22 +153,25 @@ class Run:
         done = [name for name, _ in stages if name in self.logger.metrics]
         if done and not trained_here:  # resume (or go on from a cached dense stage) from the last saved model
             self.restore_stage(done[-1])
-            if self.cfg.resume:
+            if self.resume:
                 log.info("resume: stages %s are done; continuing after %s", ", ".join(done), done[-1])
         for name, work in stages:
             if name in done:
                 continue
+            if preemption.requested():  # between stages: everything so far is saved
+                raise preemption.Preempted(f"stopped before stage {name} on {preemption.requested()}")
             work()
             prefix = {"dense": "test"}.get(name, name.replace("pruned", "prune").replace("finetuned", "finetune") + "/test")
             self.test_stage(name, prefix)
         final = {**self.logger.metrics[stages[-1][0]], "time_s": time.time() - self.t_start}
         self.logger.stage("final", final)
-        save_model(self.run_dir / "checkpoints" / "final", self.model, self.builder, **self.model_info("final", final))
+        save_model(self.run_dir / "checkpoints" / "final", self.model, self.architecture, **self.model_info("final", final))
         choices = _choices(self.cfg)
         self.logger.hparams({**choices, "seed": self.cfg.seed, "steps": self.tr.steps,
                              **flatten(self.constraint.settings(), "constraint"),
                              **flatten(self.schedule.settings(), "schedule"), **_model_hparams(self.cfg)}, final)
         self.logger.close()
+        clear_preempted(self.run_dir)
         _summary(self.logger.metrics, self.run_dir, choices)
         return self.logger.metrics
 
@@ -207,7 +230,7 @@ class Run:
         self.logger.scalars(prefix, metrics, self.step)
         self.logger.examples(prefix, examples, self.step)
         folder = self.run_dir / "checkpoints" / name
-        save_model(folder, self.model, self.builder, **self.model_info(name, metrics))
+        save_model(folder, self.model, self.architecture, **self.model_info(name, metrics))
         save_constraint_stats(folder, self.constraint.state_dict())
         self.logger.stage(name, metrics)  # last: a stage counts as done once its model is saved
         log.info("%s: test mIoU %.4f | params %s | MACs %.3g | units off %.1f%%", name, metrics["miou"],
@@ -215,7 +238,8 @@ class Run:
         return metrics
 
     def model_info(self, stage: str, metrics: dict) -> dict:
-        return dict(stage=stage, dataset=self.data_cfg, input_size=list(self.data.full_size), in_channels=self.c_in,
+        return dict(stage=stage, dataset=self.data_record, process=self.process, input_size=list(self.data.full_size),
+                    in_channels=self.c_in,
                     class_names=list(self.data.class_names), ignore_index=self.data.ignore_index,
                     metrics={k: v for k, v in metrics.items() if k != "units_off_layers"})
 

@@ -13,12 +13,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from jsp.data import prepare
+from jsp.data.io import set_max_pixels
 from jsp.data.transforms import in_channels
 from jsp.engine.evaluate import evaluate
 from jsp.errors import JSPError
 from jsp.metrics import cost_report
 from jsp.models import pad_multiple
-from jsp.models.saved import load_model
+from jsp.models.saved import dataset_of, load_model
+from jsp.registry import UntrustedInputError, check_process
 from jsp.engine.setup import resolve_device
 
 log = logging.getLogger("jsp")
@@ -33,23 +35,36 @@ def model_folder(path: str) -> Path:
     return p
 
 
+def saved_data(cfg: DictConfig, meta: dict, meta_path: Path):
+    """(dataset, processing spec): from the command line (``dataset=NAME``, a trusted config) or
+    from the registry key and checked arguments recorded in model.json, never a target from the file."""
+    if cfg.get("dataset"):
+        data_cfg = OmegaConf.to_container(cfg.dataset, resolve=True)
+        process = check_process(data_cfg.pop("process", None), "dataset.process")
+        return instantiate(data_cfg), process
+    try:
+        entry, args, process = dataset_of(meta)
+    except UntrustedInputError as e:
+        raise UntrustedInputError(f"{meta_path}: {e}") from None
+    return entry.build(**args), process
+
+
 def evaluate_saved(cfg: DictConfig, out_dir: Path) -> dict:
     """Evaluate a saved model on the test split; write eval_metrics.json into ``out_dir``."""
     folder = model_folder(cfg.checkpoint)
     device = resolve_device(cfg.device)
-    model, meta = load_model(folder, device)
-    data_cfg = OmegaConf.to_container(cfg.dataset, resolve=True) if cfg.get("dataset") else dict(meta["dataset"])
-    process = data_cfg.pop("process")
+    set_max_pixels(cfg.get("max_image_pixels"))
+    model, meta = load_model(folder, device, int(cfg.max_model_params))
+    data, process = saved_data(cfg, meta, folder / "model.json")
     c_in = in_channels(process["channels"])
     if c_in != meta.get("in_channels", c_in):
         raise JSPError(f"the model takes {meta['in_channels']} input channels but dataset.process.channels="
                        f"{process['channels']} gives {c_in}")
-    data = instantiate(data_cfg)
     test = prepare(data.test, process["channels"], process["clahe"])
     metrics, _ = evaluate(model, test, data.num_classes, device, data.class_names, desc="test",
                           ignore_index=data.ignore_index)
     metrics.update(cost_report(model, c_in, data.full_size, cfg.latency_reps))
-    saved = meta.get("metrics", {})
+    saved = {k: v for k, v in meta.get("metrics", {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     same = cfg.get("dataset") is None and all(
         k not in saved or abs(saved[k] - metrics[k]) <= 1e-9 * max(1.0, abs(saved[k])) for k in REPORTED if k in metrics)
     result = {"checkpoint": str(folder), "stage": meta.get("stage"), "metrics": metrics,
@@ -68,7 +83,7 @@ def evaluate_saved(cfg: DictConfig, out_dir: Path) -> dict:
 def export_saved(cfg: DictConfig) -> list[Path]:
     """Write TorchScript (.pt) and/or ONNX (.onnx) files of a saved model."""
     folder = model_folder(cfg.checkpoint)
-    model, meta = load_model(folder, "cpu")
+    model, meta = load_model(folder, "cpu", int(cfg.max_model_params))
     out = Path(cfg.out) if cfg.out else folder / "export"
     out.mkdir(parents=True, exist_ok=True)
     size = list(cfg.input_size or meta.get("input_size") or [256, 256])

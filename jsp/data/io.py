@@ -15,17 +15,45 @@ from PIL import Image, UnidentifiedImageError
 from jsp.errors import DatasetError
 
 log = logging.getLogger("jsp")
+MAX_PIXELS = 200_000_000  # images above this are refused before they are decoded (set_max_pixels)
+
+
+def set_max_pixels(limit: int | float | None) -> None:
+    """Refuse images with more pixels than ``limit`` (None keeps the current limit); PIL's own
+    decompression-bomb guard is set to the same limit."""
+    global MAX_PIXELS
+    if limit is not None:
+        if limit <= 0:
+            raise DatasetError(f"max_image_pixels must be positive, got {limit}")
+        MAX_PIXELS = int(limit)
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+
+def _open(source, path: Path) -> Image.Image:
+    """Image.open with the pixel limit checked on the header, before anything is decoded."""
+    try:
+        im = Image.open(source)
+    except Image.DecompressionBombError:
+        im = None
+    if im is None or im.width * im.height > MAX_PIXELS:
+        size = f"{im.width}x{im.height} pixels" if im is not None else "too many pixels"
+        raise DatasetError(f"image {path} has {size}, more than max_image_pixels={MAX_PIXELS:,}; "
+                           "raise max_image_pixels if the image is genuine")
+    return im
+
+
+set_max_pixels(None)
 
 
 def read_image(path: Path, mode: str) -> np.ndarray:
     """Read an image file (``.gz`` allowed) into an array in PIL ``mode`` ("RGB" or "L")."""
     try:
         if path.suffix.lower() == ".gz":
-            with gzip.open(path, "rb") as f:
-                data = io.BytesIO(f.read())
-            with Image.open(data) as im:
+            with gzip.open(path, "rb") as f:  # bounded: a small .gz can expand without limit
+                raw = f.read(8 * MAX_PIXELS + 2**20)
+            with _open(io.BytesIO(raw), path) as im:
                 return np.asarray(im.convert(mode))
-        with Image.open(path) as im:
+        with _open(path, path) as im:
             return np.asarray(im.convert(mode))
     except (OSError, UnidentifiedImageError, SyntaxError, EOFError, gzip.BadGzipFile) as e:
         raise DatasetError(f"cannot read image {path}: {e}") from None
@@ -34,7 +62,7 @@ def read_image(path: Path, mode: str) -> np.ndarray:
 def read_labels(path: Path) -> np.ndarray:
     """A class-index label image as (H, W) int64 (palette PNGs give their indices, not colours)."""
     try:
-        with Image.open(path) as im:
+        with _open(path, path) as im:
             if im.mode not in ("P", "L", "I", "I;16"):
                 im = im.convert("L")
             return np.asarray(im).astype(np.int64)

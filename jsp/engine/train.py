@@ -11,6 +11,7 @@ from torch import nn
 from tqdm import tqdm
 
 from jsp.constraints import Constraint
+from jsp.engine import preemption
 from jsp.engine.logger import RunLogger
 from jsp.errors import JSPError
 
@@ -96,7 +97,8 @@ def train_loop(
         steps, so a killed run loses at most that many steps.
     With ``s.validate_start`` the starting weights are validated first and count as step 0.
     Returns the best validation metrics, with "step" added.
-    Raises NonFiniteLoss naming the step and the term when the loss is NaN or infinite.
+    Raises NonFiniteLoss naming the step and the term when the loss is NaN or infinite, and
+    Preempted (after a checkpoint) at the first step boundary after a stop signal.
     """
     scaler = torch.amp.GradScaler(device.type, enabled=s.amp and device.type == "cuda")
     start = resume["step"] if resume else 0
@@ -131,8 +133,13 @@ def train_loop(
             if metrics["miou"] >= best["miou"]:  # on a tie the later, longer-trained weights win
                 best = {**metrics, "step": step + 1}
                 best_state = copy.deepcopy(model.state_dict())
-        if checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < s.steps:
+        stop = preemption.requested()
+        if checkpoint is not None and (stop or checkpoint_every and (step + 1) % checkpoint_every == 0) \
+                and step + 1 < s.steps:
             checkpoint(step + 1, best, best_state)
+        if stop and step + 1 < s.steps:
+            raise preemption.Preempted(f"{tag}: stopped at step {step + 1} of {s.steps} on {stop}; the state is in "
+                                       "checkpoints/last.pt and the next job on this run dir continues it")
     if best_state is not None:
         model.load_state_dict(best_state)
     return best
