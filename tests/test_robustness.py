@@ -135,7 +135,7 @@ def comparable(run_dir: Path) -> dict:
     return {stage: {k: v for k, v in m.items() if k not in WALL_CLOCK} for stage, m in metrics.items()}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def uninterrupted(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("full") / "run"
     out = run_cli(*LONG, f"hydra.run.dir={run_dir}")

@@ -102,6 +102,7 @@ CASES = {**JSON_CASES, **WEIGHT_CASES}
 
 
 def hostile(good: Path, tmp_path: Path, case: str) -> tuple[Path, Path]:
+    """A copy of the good model with one hostile change; returns (folder, marker path)."""
     folder, marker = tmp_path / "model", tmp_path / "PWNED"
     folder.mkdir()
     for f in ("model.json", "model.safetensors"):
@@ -116,56 +117,93 @@ def hostile(good: Path, tmp_path: Path, case: str) -> tuple[Path, Path]:
 
 LOADER = textwrap.dedent("""
     import sys
-    before = set(sys.modules)
     from jsp.errors import JSPError
     from jsp.models.saved import load_model
-    try:
-        load_model(sys.argv[1], max_params=int(sys.argv[2]))
-        print("LOADED")
-    except JSPError as e:
-        print("REFUSED", e)
-    print("NEW", " ".join(sorted(set(sys.modules) - before)))
+    for folder, bound in zip(sys.argv[1::2], sys.argv[2::2]):
+        before = set(sys.modules)
+        try:
+            load_model(folder, max_params=int(bound))
+            result = "LOADED"
+        except JSPError as e:
+            result = "REFUSED " + str(e).replace(chr(10), " ")
+        print(result)
+        print("NEW", " ".join(sorted(set(sys.modules) - before)))
 """)
 
 
-def load_in_fresh_process(folder: Path, bound: str) -> tuple[str, set]:
-    """(first output line, modules imported by load_model) in a fresh interpreter."""
-    out = subprocess.run([sys.executable, "-c", LOADER, str(folder), bound], capture_output=True, text=True)
-    lines = out.stdout.splitlines()
-    assert len(lines) == 2, out.stdout + out.stderr
-    return lines[0], set(lines[1].split()[1:])
+def bound_for(case: str) -> str:
+    return "2000000" if case == "weights too large" else "2000000000"
 
 
 @pytest.fixture(scope="module")
-def allowed_modules(good_model) -> set:
-    """What loading a good model imports: the allowlist for loading a hostile one."""
-    first, modules = load_in_fresh_process(good_model, "2000000000")
-    assert first == "LOADED"
-    return modules
+def hostile_models(good_model, tmp_path_factory) -> dict:
+    """case -> (folder, marker a hostile call would create)."""
+    return {case: hostile(good_model, tmp_path_factory.mktemp("hostile"), case) for case in CASES}
+
+
+def test_load_model_refuses_every_hostile_model_and_imports_nothing_new(good_model, hostile_models):
+    """One fresh interpreter loads the good model (what it imports is the allowlist), then each hostile one."""
+    args = [str(good_model), "2000000000"]
+    for case, (folder, _) in hostile_models.items():
+        args += [str(folder), bound_for(case)]
+    out = subprocess.run([sys.executable, "-c", LOADER, *args], capture_output=True, text=True)
+    lines = out.stdout.splitlines()
+    assert len(lines) == 2 * (len(CASES) + 1), out.stdout + out.stderr
+    assert lines[0] == "LOADED"
+    allowed = set(lines[1].split()[1:])
+    seen = set()
+    for i, case in enumerate(hostile_models, start=1):
+        result, modules = lines[2 * i], set(lines[2 * i + 1].split()[1:])
+        assert result.startswith("REFUSED") and CASES[case] in result, (case, result)
+        seen |= modules
+    assert seen <= allowed, sorted(seen - allowed)  # nothing a good model would not import
+    assert not any(marker.exists() for _, marker in hostile_models.values())
+
+
+def composed(name: str, *overrides: str):
+    from hydra import compose, initialize_config_dir
+
+    from jsp.cli import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name=name, overrides=list(overrides))
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_eval_and_export_refuse_every_hostile_model_with_one_line_and_exit_2(case, hostile_models, tmp_path, caplog):
+    from jsp.cli import _guarded
+    from jsp.tools import evaluate_saved, export_saved
+
+    folder, marker = hostile_models[case]
+    before = files_under(folder.parent)
+    common = [f"checkpoint={folder}", f"max_model_params={bound_for(case)}"]
+    jobs = {"eval": (evaluate_saved, composed("eval", *common, "device=cpu"), tmp_path / "eval"),
+            "export": (export_saved, composed("export", *common, f"out={tmp_path / 'export'}"))}
+    for entry, (fn, *args) in jobs.items():
+        caplog.clear()
+        with pytest.raises(SystemExit) as stop:
+            _guarded(fn, *args)
+        assert stop.value.code == 2, entry
+        errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert len(errors) == 1 and CASES[case] in errors[0] and "\n" not in errors[0], (entry, errors)
+    assert not marker.exists() and files_under(folder.parent) == before
+    assert not any(tmp_path.iterdir())  # neither tool wrote anything
+
+
+@pytest.mark.parametrize("case", ["old-format builder with a nested target", "dataset target"])
+def test_hostile_model_from_the_command_line(case, hostile_models, tmp_path):
+    """The same as a user meets it: jsp-eval and jsp-export in a fresh process, one line, exit 2."""
+    folder, marker = hostile_models[case]
+    for entry, extra in (("eval", "device=cpu"), ("export", f"out={tmp_path / 'exp'}")):
+        out = run_cli(f"checkpoint={folder}", f"hydra.run.dir={tmp_path / 'out'}", extra, entry=entry, cwd=tmp_path)
+        text = out.stdout + out.stderr
+        assert out.returncode == 2 and "Traceback" not in text, (entry, text[-3000:])
+        assert sum(CASES[case] in line for line in text.splitlines()) == 1, (entry, text[-3000:])
+    assert not marker.exists() and not (tmp_path / "exp").exists()
 
 
 def files_under(root: Path) -> set:
     return {p for p in root.rglob("*")}
-
-
-@pytest.mark.parametrize("case", list(CASES))
-def test_hostile_model_is_refused_everywhere(case, good_model, allowed_modules, tmp_path):
-    folder, marker = hostile(good_model, tmp_path, case)
-    bound = "2000000" if case == "weights too large" else "2000000000"
-    before = files_under(tmp_path)
-    first, modules = load_in_fresh_process(folder, bound)
-    assert first.startswith("REFUSED") and CASES[case] in first, first
-    assert modules <= allowed_modules, sorted(modules - allowed_modules)
-    for entry, extra in (("eval", [f"max_model_params={bound}"]), ("export", [f"max_model_params={bound}"])):
-        out = run_cli(f"checkpoint={folder}", f"hydra.run.dir={tmp_path / 'out'}", f"out={tmp_path / 'exp'}"
-                      if entry == "export" else "device=cpu", *extra, entry=entry, cwd=tmp_path)
-        text = out.stdout + out.stderr
-        assert out.returncode == 2, (entry, text[-3000:])
-        assert "Traceback" not in text
-        assert sum(CASES[case] in line for line in text.splitlines()) == 1, (entry, text[-3000:])
-    assert not marker.exists()
-    created = {p for p in files_under(tmp_path) - before if "out" not in p.relative_to(tmp_path).parts[:1]}
-    assert not created, created  # nothing but the tool's own log folder
 
 
 def test_old_format_models_still_load(good_model, tmp_path):
