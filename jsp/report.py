@@ -51,7 +51,9 @@ def describe(run: Path) -> dict:
     lambdas = ",".join(f"{k}={constraint[k]:g}" for k in ("lambda_s", "lambda_r", "lambda") if k in constraint)
     keep = schedule.get("keep_params") if schedule.get("rounds") else 1.0
     keep = keep if keep is not None else ("threshold" if schedule.get("rounds") else 1.0)
-    row = {"dataset": choices.get("dataset", "?"), "method": method, "model": choices.get("model", "?"), "lambdas": lambdas or "-", "keep": keep,
+    width = (cfg.get("model") or {}).get("width")  # runs of different widths are different models
+    model = choices.get("model", "?") + (f"-w{width}" if width is not None else "")
+    row = {"dataset": choices.get("dataset", "?"), "method": method, "model": model, "lambdas": lambdas or "-", "keep": keep,
            "seed": cfg.get("seed", "?"), "run": str(run)}
     row.update({k: final.get(k, float("nan")) for k in QUALITY})
     row["own_dense_miou"] = stages.get("dense", {}).get("miou", float("nan"))  # before pruning

@@ -246,3 +246,21 @@ def test_bomb_in_a_dataset_is_one_line_from_jsp_train(tmp_path, drive_root):
                   f"hydra.run.dir={tmp_path / 'run'}")
     text = out.stdout + out.stderr
     assert out.returncode == 2 and "more than max_image_pixels=1,000" in text and "Traceback" not in text, text
+
+
+def test_importing_jsp_opens_no_connection():
+    """albumentations checks PyPI for updates on import unless told not to; jsp tells it."""
+    script = textwrap.dedent("""
+        import os, socket
+        os.environ.pop("NO_ALBUMENTATIONS_UPDATE", None)
+        tried = []
+        def refuse(self, address, *a):
+            tried.append(address)
+            raise OSError("no network in this test")
+        socket.socket.connect = refuse
+        socket.create_connection = lambda address, *a, **k: refuse(None, address)
+        import jsp.data, jsp.pipeline, jsp.tools  # everything a run imports
+        print("TRIED", tried)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert "TRIED []" in out.stdout, out.stdout + out.stderr

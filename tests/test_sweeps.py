@@ -53,7 +53,7 @@ def test_report_on_a_multirun_dir(sweep, capsys):
     assert int(jsp["params"]) < int(dense["params"]) and "lambda_s=" in jsp["lambdas"]
     md = (sweep / "summary.md").read_text()
     assert "Mean +- std over seeds" in md and "| jsp |" in md
-    assert "## synthetic / unet / keep 0.5" in md
+    assert "## synthetic / unet-w4 / keep 0.5" in md  # the width is part of the model label
     assert "jsp is the only method at this budget" in md
 
     alone = sweep / "1"  # the jsp run alone: vs dense from its own dense stage

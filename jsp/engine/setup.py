@@ -1,6 +1,7 @@
 """Run set-up helpers: seeding, device choice, the training-patch loader."""
 from __future__ import annotations
 
+import multiprocessing
 import os
 import random
 
@@ -36,5 +37,8 @@ def patch_loader(images, process, steps: int, batch_size: int, seed: int, worker
         dataset = Subset(dataset, range(start * batch_size, steps * batch_size))
     if workers == "auto":  # on CPU the cores are better spent on the model
         workers = min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
+    # Name the start method: inside a joblib (loky) job the process-wide default is loky's own,
+    # with which DataLoader workers fail to start ('Process' object has no attribute 'env').
+    context = "fork" if int(workers) and "fork" in multiprocessing.get_all_start_methods() else None
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=int(workers),
-                      pin_memory=device.type == "cuda", drop_last=True)
+                      pin_memory=device.type == "cuda", drop_last=True, multiprocessing_context=context)
