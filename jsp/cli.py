@@ -1,5 +1,8 @@
-"""Entry points. ``jsp-train`` composes the config from ``conf/`` (found next to this package,
-whatever the working directory) and runs the pipeline."""
+"""Entry points. ``jsp-train`` composes the config from ``conf/`` and runs the pipeline.
+
+The configs live in the repository's top-level ``conf/``; a wheel (``pip install .``) ships
+them inside the package as ``jsp/conf/``. Either is found whatever the working directory.
+"""
 from __future__ import annotations
 
 import logging
@@ -13,7 +16,15 @@ from omegaconf import DictConfig
 
 from jsp.errors import JSPError
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+def _conf_dir() -> str:
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parent / "conf"):  # installed wheel, then source checkout
+        if (candidate / "train.yaml").is_file():
+            return str(candidate)
+    return str(here.parent / "conf")  # Hydra then says the primary config directory is missing
+
+
+CONF_DIR = _conf_dir()
 log = logging.getLogger("jsp")
 
 
