@@ -23,7 +23,7 @@ from jsp.data.transforms import in_channels
 from jsp.engine import dense_cache, preemption
 from jsp.engine.checkpoint import load_state, save_state
 from jsp.engine.evaluate import evaluate
-from jsp.engine.logger import RunLogger, flatten
+from jsp.engine.logger import RunLogger, flatten, log_units, summary_table
 from jsp.engine.resume import clear_preempted, load_constraint_stats, mark_preempted, restore_weights, resuming, \
     save_constraint_stats
 from jsp.engine.setup import patch_loader, resolve_device, seed_everything
@@ -172,7 +172,7 @@ class Run:
                              **flatten(self.schedule.settings(), "schedule"), **_model_hparams(self.cfg)}, final)
         self.logger.close()
         clear_preempted(self.run_dir)
-        _summary(self.logger.metrics, self.run_dir, choices)
+        log.info("\n" + summary_table(self.logger.metrics, self.run_dir, choices))
         return self.logger.metrics
 
     def dense_from_cache(self, train_dense) -> bool:
@@ -209,22 +209,12 @@ class Run:
         return evaluate(self.model, self.splits[split], self.data.num_classes, self.device, self.data.class_names,
                         self.amp, num_examples, desc=split, ignore_index=self.data.ignore_index)
 
-    def log_units(self) -> dict:
-        """Per-layer unit statistics to TensorBoard; returns the switched-off fractions."""
-        report, step = self.constraint.unit_report(), self.step
-        self.logger.scalars("units", {"off_fraction": report["units_off"]}, step)
-        self.logger.scalars("units/off_fraction_layer", report["units_off_layers"], step)
-        self.logger.histograms("units/norm", {l.name: l.norms() for l in self.constraint.layers}, step)
-        for stat, per_layer in self.constraint.statistics().items():
-            self.logger.histograms(f"units/{stat}", per_layer, step)
-        return report
-
     def test_stage(self, name: str, prefix: str) -> dict:
         """Evaluate on the test split, with cost; record in metrics.json and save the model."""
         metrics, examples = self.eval_on("test", self.tr.eval_examples)
         metrics.update(cost_report(self.model, self.c_in, self.data.full_size, self.tr.latency_reps))
-        metrics.update(self.log_units(), constraint=self.constraint.settings(), schedule=self.schedule.settings(),
-                       global_step=self.step)
+        metrics.update(log_units(self.logger, self.constraint, self.step), constraint=self.constraint.settings(),
+                       schedule=self.schedule.settings(), global_step=self.step)
         dense = self.logger.metrics.get("dense", metrics)
         metrics.update(params_ratio=metrics["params"] / dense["params"], macs_ratio=metrics["macs"] / dense["macs"])
         self.logger.scalars(prefix, metrics, self.step)
@@ -260,7 +250,7 @@ class Run:
 
         def validate(model, step):
             self.step = step
-            self.log_units()
+            log_units(self.logger, self.constraint, self.step)
             return self.eval_on("val")[0]
 
         def checkpoint(done: int, best: dict, best_state) -> None:
@@ -327,15 +317,3 @@ def _choices(cfg: DictConfig) -> dict:
 
 def _model_hparams(cfg: DictConfig) -> dict:
     return {f"model.{k}": v for k, v in cfg.model.items() if isinstance(v, (int, float, str)) and k != "_target_"}
-
-
-def _summary(metrics: dict, run_dir: Path, choices: dict) -> None:
-    keys = [k for k in ("miou", "f1", "auc", "se", "sp", "acc") if k in metrics["final"]]
-    lines = [f"jsp run: {', '.join(f'{g}={c}' for g, c in choices.items())}",
-             f"{'stage':<10}" + "".join(f"{k:>9}" for k in keys) + f"{'params':>12}{'MMACs':>11}{'MB':>8}{'off%':>7}"]
-    for name, m in metrics.items():
-        lines.append(f"{name:<10}" + "".join(f"{m[k]:>9.4f}" for k in keys)
-                     + f"{m['params']:>12,}{m['macs'] / 1e6:>11.1f}{m['weight_mb']:>8.2f}{100 * m['units_off']:>7.1f}")
-    lines.append(f"time {metrics['final']['time_s']:.0f} s; outputs in {run_dir} "
-                 f"(tensorboard --logdir {run_dir / 'tensorboard'})")
-    log.info("\n" + "\n".join(lines))

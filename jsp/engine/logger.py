@@ -63,3 +63,27 @@ class RunLogger:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def log_units(logger: RunLogger, constraint, step: int) -> dict:
+    """Per-layer unit statistics to TensorBoard; returns the switched-off fractions."""
+    report = constraint.unit_report()
+    logger.scalars("units", {"off_fraction": report["units_off"]}, step)
+    logger.scalars("units/off_fraction_layer", report["units_off_layers"], step)
+    logger.histograms("units/norm", {l.name: l.norms() for l in constraint.layers}, step)
+    for stat, per_layer in constraint.statistics().items():
+        logger.histograms(f"units/{stat}", per_layer, step)
+    return report
+
+
+def summary_table(metrics: dict, run_dir: Path, choices: dict) -> str:
+    """The end-of-run table: one row per evaluated stage."""
+    keys = [k for k in ("miou", "f1", "auc", "se", "sp", "acc") if k in metrics["final"]]
+    lines = [f"jsp run: {', '.join(f'{g}={c}' for g, c in choices.items())}",
+             f"{'stage':<10}" + "".join(f"{k:>9}" for k in keys) + f"{'params':>12}{'MMACs':>11}{'MB':>8}{'off%':>7}"]
+    for name, m in metrics.items():
+        lines.append(f"{name:<10}" + "".join(f"{m[k]:>9.4f}" for k in keys)
+                     + f"{m['params']:>12,}{m['macs'] / 1e6:>11.1f}{m['weight_mb']:>8.2f}{100 * m['units_off']:>7.1f}")
+    lines.append(f"time {metrics['final']['time_s']:.0f} s; outputs in {run_dir} "
+                 f"(tensorboard --logdir {run_dir / 'tensorboard'})")
+    return "\n".join(lines)
