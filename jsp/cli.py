@@ -28,16 +28,21 @@ CONF_DIR = _conf_dir()
 log = logging.getLogger("jsp")
 
 
+def objective(final: dict, max_params: int | None) -> float:
+    """What sweepers maximise: the final network's *validation* mIoU (never test: settings are
+    chosen on validation), minus 1 when it has more than ``max_params`` parameters."""
+    if max_params and final["params"] > max_params:
+        return final["val_miou"] - 1.0  # over the budget: worse than any run within it
+    return final["val_miou"]
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def train_main(cfg: DictConfig) -> float:
-    """Run one job; returns test mIoU so sweepers can optimise it (minus 1 above ``max_params``)."""
+    """Run one job; returns ``objective`` (validation mIoU, budget-penalised) for sweepers."""
     from jsp.pipeline import run
 
     metrics = _guarded(run, cfg, HydraConfig.get().runtime.output_dir)
-    final = metrics["final"]
-    if cfg.get("max_params") and final["params"] > cfg.max_params:
-        return final["miou"] - 1.0  # over the budget: worse than any run within it
-    return final["miou"]
+    return objective(metrics["final"], cfg.get("max_params"))
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")

@@ -212,6 +212,8 @@ class Run:
     def test_stage(self, name: str, prefix: str) -> dict:
         """Evaluate on the test split, with cost; record in metrics.json and save the model."""
         metrics, examples = self.eval_on("test", self.tr.eval_examples)
+        val = self.eval_on("val")[0]  # what sweeps select on: the test split only reports
+        metrics.update(val_miou=val["miou"], **({"val_f1": val["f1"]} if "f1" in val else {}))
         metrics.update(cost_report(self.model, self.c_in, self.data.full_size, self.tr.latency_reps))
         metrics.update(log_units(self.logger, self.constraint, self.step), constraint=self.constraint.settings(),
                        schedule=self.schedule.settings(), global_step=self.step)

@@ -142,4 +142,14 @@ def test_optuna_search_runs_trials_and_scores_the_budget(tmp_path):
     result = yaml.safe_load((tmp_path / "study" / "optimization_results.yaml").read_text())
     assert set(result["best_params"]) == {"constraint.lambda_s", "constraint.lambda_r", "schedule.keep_params"}
     assert result["best_value"] < 0  # every run is over a 1-parameter budget: mIoU - 1
-    assert all((tmp_path / "study" / j / "metrics.json").is_file() for j in ("0", "1"))
+    finals = [json.loads((tmp_path / "study" / j / "metrics.json").read_text())["final"] for j in ("0", "1")]
+    assert result["best_value"] == pytest.approx(max(f["val_miou"] for f in finals) - 1.0)  # validation, not test
+
+
+def test_sweeps_optimise_validation_never_test():
+    from jsp.cli import objective
+
+    final = {"miou": 0.9, "val_miou": 0.6, "params": 100}  # test and validation disagree
+    assert objective(final, None) == 0.6
+    assert objective(final, 1000) == 0.6
+    assert objective(final, 99) == pytest.approx(-0.4)
