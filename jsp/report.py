@@ -1,8 +1,9 @@
 """jsp-report PATH...: compare runs. Reads run dirs (or multirun dirs holding them), writes
 
     summary.csv   one row per run: method, lambdas, keep, seed, cost and quality
-    summary.md    which method wins at each budget (mean over seeds, gap to the runner-up and
-                  whether it exceeds the seed spread), then mean +- std per setting, then every run
+    summary.md    which method wins at each budget (mean over seeds, the leader's paired 95 %
+                  interval against the runner-up, collapsed runs), then mean +- std per
+                  setting, then every run
     pareto.png    test mIoU against parameters (log x), one line per method (and model)
 
 into ``--out`` (default: the first PATH).
@@ -19,6 +20,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import yaml
+
+from jsp.stats import COLLAPSED_F1, collapsed, paired
 
 COLUMNS = ["dataset", "method", "model", "lambdas", "keep", "seed", "params", "macs", "weight_mb", "latency_ms",
            "miou", "f1", "auc", "run"]
@@ -101,14 +104,15 @@ def rank_budgets(rows: list[dict]) -> list[dict]:
     """Per (dataset, model, keep): the settings ranked by mean test mIoU, best first.
 
     Returns one dict per budget: ``dataset, model, keep, ranked`` (list of dicts with method,
-    lambdas, seeds, mean/std of every QUALITY column) and ``verdict``: the winner's lead over the
-    runner-up, called clear only when it exceeds the sum of the two seed standard deviations
-    (both need two or more seeds; one seed gives no noise estimate, and the verdict says so).
+    lambdas, seeds, collapsed runs, mean/std of every QUALITY column, and ``vs_leader``: the paired
+    difference to the leader) and ``verdict``: the leader against the best other method, a win
+    only when the 95 % interval of their per-seed paired differences excludes zero.
     """
     budgets = defaultdict(list)
     for (dataset, method, model, lambdas, keep), rs in groups_of(rows).items():
         entry = {"method": method, "lambdas": lambdas, "seeds": len(rs),
-                 "own_dense": _stats([r.get("own_dense_miou", float("nan")) for r in rs])[0]}
+                 "own_dense": _stats([r.get("own_dense_miou", float("nan")) for r in rs])[0],
+                 "by_seed": {r["seed"]: r["miou"] for r in rs}, "collapsed": sum(collapsed(r["f1"]) for r in rs)}
         for k in QUALITY:
             entry[k], entry[k + "_std"] = _stats([r[k] for r in rs])
         budgets[(dataset, model, keep)].append(entry)
@@ -118,23 +122,27 @@ def rank_budgets(rows: list[dict]) -> list[dict]:
         entries.sort(key=lambda e: -e["miou"] if not math.isnan(e["miou"]) else math.inf)
         for e in entries:
             e["vs_dense"] = e["miou"] - dense.get((dataset, model), e["own_dense"])
-        best = entries[0]
-        if len(entries) == 1:
-            verdict = f"{best['method']} is the only method at this budget"
-        else:
-            second, gap = entries[1], entries[0]["miou"] - entries[1]["miou"]
-            verdict = f"{best['method']} leads {second['method']} by {gap:.4f} mIoU"
-            if min(best["seeds"], second["seeds"]) < 2:
-                verdict += " (one seed: no noise estimate; do not read small gaps as wins)"
-            elif gap > best["miou_std"] + second["miou_std"]:
-                verdict += f" (clear: larger than the seed spread {best['miou_std'] + second['miou_std']:.4f})"
-            else:
-                tied = [e["method"] for e in entries if e["seeds"] > 1
-                        and best["miou"] - e["miou"] <= best["miou_std"] + e["miou_std"]]
-                verdict += (f" (within the seed spread {best['miou_std'] + second['miou_std']:.4f}: no clear winner; "
-                            f"within the spread of the leader: {', '.join(tied)})")
-        out.append({"dataset": dataset, "model": model, "keep": keep, "ranked": entries, "verdict": verdict})
+            e["vs_leader"] = paired(e["by_seed"], entries[0]["by_seed"]) if e is not entries[0] else None
+        out.append({"dataset": dataset, "model": model, "keep": keep, "ranked": entries, "verdict": _verdict(entries)})
     return out
+
+
+def _verdict(entries: list[dict]) -> str:
+    best = entries[0]
+    if len(entries) == 1:
+        return f"{best['method']} is the only method at this budget"
+    second = entries[1]
+    diff = paired(best["by_seed"], second["by_seed"])
+    if best["miou"] == second["miou"]:
+        head = f"{best['method']} and {second['method']} tie at {best['miou']:.4f} mIoU"
+    else:
+        head = f"{best['method']} leads {second['method']} by {best['miou'] - second['miou']:.4f} mIoU"
+    if diff.n < 2:
+        return head + " (fewer than two paired seeds: no interval; do not read small gaps as wins)"
+    if diff.clear and diff.mean > 0:
+        return head + f"; paired {diff}: a clear win"
+    tied = [best["method"]] + [e["method"] for e in entries[1:] if e["vs_leader"].n >= 2 and not e["vs_leader"].clear]
+    return head + f"; paired {diff} includes zero: no clear winner (not distinguishable from the leader: {', '.join(tied)})"
 
 
 def _pm(mean: float, std: float, seeds: int, digits: int = 4) -> str:
@@ -151,16 +159,21 @@ def write_tables(rows: list[dict], out: Path) -> None:
     lines = ["# Which method wins at which budget", "",
              "Ranked by mean test mIoU over seeds (+- sample std when there are several); "
              "`vs dense` is the gap to the unpruned network of the same model: the `dense` method's runs "
-             "when the report has them, else each run's own network before pruning.", ""]
+             "when the report has them, else each run's own network before pruning. `vs leader` is the "
+             "mean per-seed paired difference to the leader with its 95 % t-interval; a method wins only "
+             "where that interval excludes zero. `collapsed` counts runs that predict (almost) only "
+             f"background (foreground F1 < {COLLAPSED_F1}); they are in the means, so look at them.", ""]
     for b in rank_budgets(rows):
         lines += [f"## {b['dataset']} / {b['model']} / keep {b['keep']}", "", f"**{b['verdict']}**", "",
-                  "| # | method | lambdas | seeds | params | GMACs | MB | latency ms | mIoU | F1 | AUC | vs dense |",
-                  "|" + "---|" * 12]
+                  "| # | method | lambdas | seeds | collapsed | params | GMACs | MB | latency ms | mIoU | F1 | AUC "
+                  "| vs dense | vs leader (paired) |",
+                  "|" + "---|" * 14]
         for i, e in enumerate(b["ranked"], 1):
-            lines.append(f"| {i} | {e['method']} | {e['lambdas']} | {e['seeds']} | {_fmt(round(e['params']))} | "
+            lead = "-" if e["vs_leader"] is None else str(e["vs_leader"])
+            lines.append(f"| {i} | {e['method']} | {e['lambdas']} | {e['seeds']} | {e['collapsed']} | {_fmt(round(e['params']))} | "
                          f"{e['macs'] / 1e9:.2f} | {e['weight_mb']:.3f} | {_pm(e['latency_ms'], e['latency_ms_std'], 1, 1)} | "
                          f"{_pm(e['miou'], e['miou_std'], e['seeds'])} | {_pm(e['f1'], e['f1_std'], e['seeds'])} | "
-                         f"{_pm(e['auc'], e['auc_std'], e['seeds'])} | {e['vs_dense']:+.4f} |".replace("+nan", "-"))
+                         f"{_pm(e['auc'], e['auc_std'], e['seeds'])} | {e['vs_dense']:+.4f} | {lead} |".replace("+nan", "-"))
         lines.append("")
     cols = COLUMNS[:-1]
     lines += ["# Mean +- std over seeds", "",

@@ -70,7 +70,7 @@ def _row(method, keep, seed, miou, model="unet"):
             "auc": 0.9, "run": f"{method}/{seed}"}
 
 
-def test_ranking_names_the_winner_per_budget_and_judges_the_gap_against_seed_spread():
+def test_ranking_names_the_winner_per_budget_and_judges_the_gap_by_a_paired_interval():
     rows = [_row("dense", 1.0, s, 0.80) for s in range(3)]
     rows += [_row("jsp", 0.01, s, m) for s, m in enumerate((0.805, 0.806, 0.807))]  # clear lead
     rows += [_row("l1_norm", 0.01, s, m) for s, m in enumerate((0.780, 0.781, 0.782))]
@@ -83,11 +83,33 @@ def test_ranking_names_the_winner_per_budget_and_judges_the_gap_against_seed_spr
     tiny = budgets[("unet", "0.01")]
     assert [e["method"] for e in tiny["ranked"]] == ["jsp", "l1_norm"]
     assert abs(tiny["ranked"][0]["miou"] - 0.806) < 1e-9 and abs(tiny["ranked"][0]["vs_dense"] - 0.006) < 1e-9
-    assert "jsp leads l1_norm by 0.0250" in tiny["verdict"] and "clear" in tiny["verdict"]
-    assert "no clear winner" in budgets[("unet", "0.1")]["verdict"]
-    assert budgets[("unet", "0.1")]["verdict"].endswith("within the spread of the leader: jsp, slimming)")
+    assert "jsp leads l1_norm by 0.0250" in tiny["verdict"] and tiny["verdict"].endswith("a clear win")
+    noisy = budgets[("unet", "0.1")]["verdict"]  # jsp's mean is higher, but per seed it loses once
+    assert "no clear winner" in noisy and noisy.endswith("(not distinguishable from the leader: jsp, slimming)")
     mnv3 = budgets[("mobilenetv3", "0.5")]
-    assert "one seed" in mnv3["verdict"] and abs(mnv3["ranked"][0]["vs_dense"] - 0.01) < 1e-9
+    assert "no interval" in mnv3["verdict"] and abs(mnv3["ranked"][0]["vs_dense"] - 0.01) < 1e-9
+
+
+def test_paired_interval_equals_scipys_ttest_rel():
+    from scipy.stats import ttest_rel
+
+    from jsp.stats import paired
+
+    a = {0: 0.812, 1: 0.805, 2: 0.821, 3: 0.809, 4: 0.815}
+    b = {0: 0.801, 1: 0.806, 2: 0.810, 3: 0.800, 4: 0.811, 9: 0.5}  # seed 9 has no partner: left out
+    ours = paired(a, b)
+    ci = ttest_rel([a[s] for s in range(5)], [b[s] for s in range(5)]).confidence_interval(0.95)
+    assert ours.n == 5 and ours.low == pytest.approx(ci.low) and ours.high == pytest.approx(ci.high)
+    assert ours.clear is (ci.low > 0 or ci.high < 0)
+
+
+def test_tie_and_collapsed_runs_are_reported_as_such():
+    rows = [_row("jsp", 0.01, s, 0.80) for s in range(3)] + [_row("l1_norm", 0.01, s, 0.80) for s in range(3)]
+    rows += [dict(_row("random", 0.01, s, m), f1=f) for s, (m, f) in enumerate(((0.45, 0.0), (0.79, 0.78), (0.45, 0.01)))]
+    (budget,) = rank_budgets(rows)
+    assert budget["verdict"].startswith("jsp and l1_norm tie at 0.8000 mIoU") and "no clear winner" in budget["verdict"]
+    random = next(e for e in budget["ranked"] if e["method"] == "random")
+    assert random["collapsed"] == 2 and budget["ranked"][0]["collapsed"] == 0
 
 
 def test_report_says_when_there_is_nothing(tmp_path, capsys):

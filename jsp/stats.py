@@ -1,0 +1,53 @@
+"""Paired statistics for comparing methods over seeds (method.md s.6).
+
+Two methods run with the same seeds start from the same data order and initialisation, so
+their per-seed differences cancel most of the seed-to-seed noise; a method beats another only
+when the 95 % t-interval of those paired differences excludes zero.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+
+COLLAPSED_F1 = 0.05  # a binary run whose foreground F1 is below this predicts (almost) all background
+
+
+@dataclass
+class Paired:
+    """Per-seed differences a - b: how many seeds, their mean, and the 95 % t-interval."""
+
+    n: int
+    mean: float
+    low: float
+    high: float
+
+    @property
+    def clear(self) -> bool:
+        """True when the interval excludes zero (needs two or more seeds)."""
+        return self.n >= 2 and (self.low > 0 or self.high < 0)
+
+    def __str__(self) -> str:
+        if self.n < 2:
+            return f"{self.mean:+.4f} over {self.n} seed (no interval)"
+        return f"{self.mean:+.4f} [95% CI {self.low:+.4f}, {self.high:+.4f}] over {self.n} paired seeds"
+
+
+def paired(a: dict, b: dict, level: float = 0.95) -> Paired:
+    """Paired difference of two methods' per-seed values ({seed: value}); only shared seeds count."""
+    from scipy.stats import t  # imported here: only jsp-report needs scipy
+
+    seeds = sorted(set(a) & set(b), key=str)
+    diffs = [a[s] - b[s] for s in seeds if not (math.isnan(a[s]) or math.isnan(b[s]))]
+    if not diffs:
+        return Paired(0, math.nan, math.nan, math.nan)
+    mean = statistics.fmean(diffs)
+    if len(diffs) < 2:
+        return Paired(1, mean, math.nan, math.nan)
+    half = t.ppf(0.5 + level / 2, len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    return Paired(len(diffs), mean, mean - half, mean + half)
+
+
+def collapsed(f1: float) -> bool:
+    """A binary segmentation run that collapsed to (almost) all background."""
+    return isinstance(f1, (int, float)) and not math.isnan(f1) and f1 < COLLAPSED_F1
