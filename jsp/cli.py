@@ -12,6 +12,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from jsp.errors import JSPError
@@ -60,6 +61,29 @@ def export_main(cfg: DictConfig) -> None:
     from jsp.tools import export_saved
 
     _guarded(export_saved, cfg)
+
+
+class OutputDirCheck(Callback):
+    """Create the run (or sweep) folder before Hydra does, so that a read-only or impossible
+    ``hydra.run.dir`` is one line and exit 2 instead of a traceback from inside Hydra."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        _make_output_dir(config.hydra.run.dir)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        _make_output_dir(config.hydra.sweep.dir)
+
+
+def _make_output_dir(path: str) -> None:
+    from jsp.files import WriteError, probe_writable
+
+    try:
+        probe_writable(Path(str(path)))
+    except WriteError as e:
+        if os.environ.get("JSP_DEBUG"):
+            raise
+        print(f"jsp: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 def _guarded(fn, *args):

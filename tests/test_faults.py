@@ -146,6 +146,19 @@ def test_unwritable_run_dir_from_jsp_train(tmp_path):
     assert not (run_dir / "tensorboard").exists()  # nothing was started
 
 
+@pytest.mark.parametrize("entry, where", [("train", "hydra.run.dir"), ("train", "hydra.sweep.dir"),
+                                          ("eval", "hydra.run.dir")])
+def test_run_dir_hydra_cannot_create_is_one_line(entry, where, tmp_path):
+    (tmp_path / "a_file").write_text("not a folder")
+    args = ["-m", "seed=0,1"] if where == "hydra.sweep.dir" else []
+    if entry == "eval":
+        args.append("checkpoint=/nowhere")
+    overrides = TINY if entry == "train" else []
+    out = run_cli(*args, *overrides, f"{where}={tmp_path / 'a_file' / 'run'}", entry=entry)
+    assert_clean_failure(out, ["cannot write to the run dir", "Not a directory"])
+    assert len((out.stdout + out.stderr).strip().splitlines()) == 1
+
+
 def test_second_job_on_a_locked_run_dir_exits_2(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
