@@ -241,6 +241,7 @@ class Run:
         resume = self.take_resume_state(tag)
         settings = LoopSettings(steps=steps, lr=lr, warmup_steps=min(tr.warmup_steps, steps // 2),
                                 min_lr_ratio=tr.min_lr_ratio, val_every=tr.val_every, log_every=tr.log_every,
+                                progress_every=tr.progress_every,
                                 grad_clip=tr.grad_clip, amp=self.amp, channels_last=self.channels_last,
                                 first_step=self.step - (resume["step"] if resume else 0), validate_start=validate_start)
         # The optimizer is built per stage: surgery replaces parameters between stages.

@@ -1,5 +1,6 @@
 """jsp-train as a user runs it: a fresh process, a tiny config, outputs read back."""
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -146,3 +147,13 @@ def test_jsp_export_writes_torchscript_and_onnx(tiny_run, tmp_path):
         import onnx
 
         onnx.checker.check_model(onnx.load(str(tmp_path / "model.onnx")))
+
+
+def test_a_run_without_a_terminal_logs_progress_lines(tmp_path):
+    """nohup / Slurm: no tqdm bar, so train.log gets step, loss, lr, speed and ETA lines."""
+    out = run_cli(*TINY, "trainer.progress_every=2", f"hydra.run.dir={tmp_path}")
+    assert out.returncode == 0, out.stderr
+    log = (tmp_path / "train.log").read_text()
+    assert re.search(r"train step 2/6 \| loss \d+\.\d+ \(task \d+\.\d+, penalty [\d.e+-]+\) \| lr [\d.e+-]+ \| "
+                     r"[\d.]+ steps/s \| ETA \d+m\d\ds", log), log
+    assert "train step 3/6 | val mIoU" in log and "finetune step 4/4 | loss" in log

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import copy
+import logging
 import math
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -14,6 +16,9 @@ from jsp.constraints import Constraint
 from jsp.engine import preemption
 from jsp.engine.logger import RunLogger
 from jsp.errors import JSPError
+
+
+log = logging.getLogger("jsp")
 
 
 class NonFiniteLoss(JSPError):
@@ -28,6 +33,7 @@ class LoopSettings:
     min_lr_ratio: float = 0.01
     val_every: int = 100
     log_every: int = 10
+    progress_every: int = 50  # without a terminal (no tqdm bar): a progress line every N steps
     grad_clip: float = 0.0
     amp: bool = False
     channels_last: bool = False
@@ -113,6 +119,7 @@ def train_loop(
     it = iter(batches)
     model.train()
     bar = tqdm(range(start, s.steps), desc=tag, disable=None, dynamic_ncols=True, initial=start, total=s.steps)
+    progress = Progress(tag, start, s.steps, s.progress_every if bar.disable else 0)
     for step in bar:
         lr = lr_at(step, s)
         for group in optimizer.param_groups:
@@ -127,9 +134,11 @@ def train_loop(
             logger.scalars(f"{tag}/loss", {"total": total, "task": task.item(), **terms}, s.first_step + step)
             logger.scalars(tag, {"lr": lr}, s.first_step + step)
             bar.set_postfix(loss=f"{total:.4f}", lr=f"{lr:.2e}")
+        progress.step(step, task, penalty, lr)
         if (step + 1) % s.val_every == 0 or step + 1 == s.steps:
             metrics = validate(model, s.first_step + step + 1)
             logger.scalars(val_tag, metrics, s.first_step + step + 1)
+            progress.validated(step, metrics)
             if metrics["miou"] >= best["miou"]:  # on a tie the later, longer-trained weights win
                 best = {**metrics, "step": step + 1}
                 best_state = copy.deepcopy(model.state_dict())
@@ -143,3 +152,24 @@ def train_loop(
     if best_state is not None:
         model.load_state_dict(best_state)
     return best
+
+
+class Progress:
+    """Progress lines for logs without a terminal (Slurm, nohup), where tqdm's bar is off:
+    step, loss, lr, speed and ETA every ``every`` steps, and each validation (every=0: silent)."""
+
+    def __init__(self, tag: str, start: int, steps: int, every: int):
+        self.tag, self.start, self.steps, self.every, self.t0 = tag, start, steps, every, time.time()
+
+    def step(self, step: int, task: torch.Tensor, penalty: torch.Tensor, lr: float) -> None:
+        if not self.every or (step + 1) % self.every:
+            return
+        rate = (step + 1 - self.start) / max(time.time() - self.t0, 1e-9)
+        eta = (self.steps - step - 1) / max(rate, 1e-9)
+        log.info("%s step %d/%d | loss %.4f (task %.4f, penalty %.4g) | lr %.2e | %.2f steps/s | ETA %dm%02ds",
+                 self.tag, step + 1, self.steps, task.item() + penalty.item(), task.item(), penalty.item(), lr,
+                 rate, eta // 60, eta % 60)
+
+    def validated(self, step: int, metrics: dict) -> None:
+        if self.every:
+            log.info("%s step %d/%d | val mIoU %.4f", self.tag, step + 1, self.steps, metrics["miou"])
