@@ -54,6 +54,47 @@ def test_preempted_run_saves_exits_75_and_the_next_job_continues_it(sig, uninter
     assert not (run_dir / "checkpoints" / "PREEMPTED").exists()
 
 
+def _submitit_tasks() -> list[int]:
+    """Pids of submitit task processes (python -m submitit.core._submit ...)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and b"submitit.core._submit" in (proc / "cmdline").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_submitit_requeues_a_preempted_sweep_job_which_finishes_like_an_uninterrupted_run(uninterrupted, tmp_path):
+    """The Slurm path end to end with submitit's local executor: SIGUSR2 (submitit's preemption
+    signal) mid-training -> last.pt, submitit requeues the job, the requeued job resumes."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "JSP_ENTRY": "train"}
+    proc = subprocess.Popen([sys.executable, "-m", "jsp.cli", "-m", "hydra/launcher=submitit_local", *LONG,
+                             f"hydra.sweep.dir={sweep}"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    ckpt, deadline = sweep / "0" / "checkpoints" / "last.pt", time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            state = torch.load(ckpt, weights_only=True)
+            if state["stage"] == "train" and 0 < state["step"] < 60:
+                break
+        except Exception:
+            pass
+        time.sleep(0.05)
+    tasks = _submitit_tasks()
+    assert tasks, "no submitit task found"
+    for pid in tasks:
+        os.kill(pid, signal.SIGUSR2)
+    out, _ = proc.communicate(timeout=400)
+    assert proc.returncode == 0, out[-3000:]
+    log = (sweep / "0" / "train.log").read_text()
+    assert "stopped at step" in log and "on SIGUSR2" in log and "train continues at step" in log, log[-3000:]
+    assert comparable(sweep / "0") == comparable(uninterrupted)
+
+
 HAND_ON = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
