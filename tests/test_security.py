@@ -60,6 +60,8 @@ def edit_json(meta: dict, marker: Path, case: str):
         meta["layers"][next(iter(meta["layers"]))]["forward"] = 1
     elif case == "huge export size":
         meta["input_size"] = [10**9, 10**9]
+    elif case == "export size within ranges":
+        meta["input_size"] = [60000, 60000]  # each side allowed, 3.6 G pixels are not
     elif case == "not an object":
         return [1, 2, 3]
     return meta
@@ -79,6 +81,7 @@ JSON_CASES = {  # case -> a piece of the one-line message
     "unknown architecture": "architecture.name: expected one of",
     "layer attribute": "expected some of",
     "huge export size": "input_size[0]",
+    "export size within ranges": "input_size: [60000, 60000] is more than 16,777,216 pixels",
     "not an object": "expected a JSON object",
 }
 

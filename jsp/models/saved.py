@@ -35,6 +35,7 @@ OLD_FORMAT = "jsp-model/1"
 BN = nn.modules.batchnorm._BatchNorm
 MAX_PARAMS = int(2e9)           # default bound on the parameters a saved model may ask for
 MAX_JSON_BYTES = 16 * 2**20
+MAX_INPUT_PIXELS = 2**24        # 16.8 MP: twice HRF at full resolution
 LAYER_ATTRS = {"in_channels", "out_channels", "groups", "num_features"}
 # The plain values that jsp-eval / jsp-export read from model.json besides the architecture.
 INFO = {"in_channels": Arg(int, 1, 64), "input_size": Arg(int, 1, 65536, is_list=True, max_len=2),
@@ -250,6 +251,8 @@ def load_model(folder: str | Path, map_location: str | torch.device = "cpu",
         for key, arg in INFO.items():
             if key in meta:
                 meta[key] = arg.check(meta[key], key)
+        if math.prod(meta.get("input_size") or [1]) > MAX_INPUT_PIXELS:  # jsp-export traces at this size
+            raise UntrustedInputError(f"input_size: {meta['input_size']} is more than {MAX_INPUT_PIXELS:,} pixels")
         if not isinstance(meta.get("metrics", {}), dict):
             raise UntrustedInputError("metrics: expected an object")
     except UntrustedInputError as e:
