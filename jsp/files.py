@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import socket
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 from jsp.errors import JSPError
 
 LOCK_NAME = ".jsp.lock"
+log = logging.getLogger("jsp")
 
 
 class WriteError(JSPError):
@@ -113,9 +115,7 @@ class RunLock:
         except (OSError, ValueError, KeyError, TypeError):
             owner, pid, host = {}, -1, socket.gethostname()  # unreadable: a crash mid-write
         if host == socket.gethostname() and (pid <= 0 or not _alive(pid)):
-            import logging
-
-            logging.getLogger("jsp").warning("run dir lock %s was left by process %s, which is gone; taking it over",
+            log.warning("run dir lock %s was left by process %s, which is gone; taking it over",
                                              self.path, pid)
             self.path.unlink(missing_ok=True)
             return

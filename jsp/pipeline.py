@@ -160,9 +160,9 @@ class Run:
                 continue
             if preemption.requested():  # between stages: everything so far is saved
                 raise preemption.Preempted(f"stopped before stage {name} on {preemption.requested()}")
-            work()
+            val = work()  # a training stage returns its best validation metrics: the weights it hands on
             prefix = {"dense": "test"}.get(name, name.replace("pruned", "prune").replace("finetuned", "finetune") + "/test")
-            self.test_stage(name, prefix)
+            self.test_stage(name, prefix, val)
         final = {**self.logger.metrics[stages[-1][0]], "time_s": time.time() - self.t_start}
         self.logger.stage("final", final)
         save_model(self.run_dir / "checkpoints" / "final", self.model, self.architecture, **self.model_info("final", final))
@@ -186,8 +186,7 @@ class Run:
         with dense_cache.claim(self.cfg.dense_cache, key) as entry:
             cached = dense_cache.fetch(entry, folder)
             if cached is None:
-                train_dense()
-                self.test_stage("dense", "test")
+                self.test_stage("dense", "test", train_dense())
                 dense_cache.store(entry, folder, self.logger.metrics["dense"], self.run_dir)
                 return True
         log.info("dense: copied from %s (trained in %s); this run trains no dense network", entry,
@@ -209,10 +208,10 @@ class Run:
         return evaluate(self.model, self.splits[split], self.data.num_classes, self.device, self.data.class_names,
                         self.amp, num_examples, desc=split, ignore_index=self.data.ignore_index)
 
-    def test_stage(self, name: str, prefix: str) -> dict:
+    def test_stage(self, name: str, prefix: str, val: dict | None = None) -> dict:
         """Evaluate on the test split, with cost; record in metrics.json and save the model."""
         metrics, examples = self.eval_on("test", self.tr.eval_examples)
-        val = self.eval_on("val")[0]  # what sweeps select on: the test split only reports
+        val = val or self.eval_on("val")[0]  # what sweeps select on: the test split only reports
         metrics.update(val_miou=val["miou"], **({"val_f1": val["f1"]} if "f1" in val else {}))
         metrics.update(cost_report(self.model, self.c_in, self.data.full_size, self.tr.latency_reps))
         metrics.update(log_units(self.logger, self.constraint, self.step), constraint=self.constraint.settings(),

@@ -20,7 +20,7 @@ from jsp.errors import JSPError
 from jsp.metrics import cost_report
 from jsp.models import pad_multiple
 from jsp.models.saved import dataset_of, load_model
-from jsp.registry import UntrustedInputError, check_process
+from jsp.registry import check_process
 from jsp.engine.setup import resolve_device
 
 log = logging.getLogger("jsp")
@@ -35,17 +35,14 @@ def model_folder(path: str) -> Path:
     return p
 
 
-def saved_data(cfg: DictConfig, meta: dict, meta_path: Path):
+def saved_data(cfg: DictConfig, meta: dict):
     """(dataset, processing spec): from the command line (``dataset=NAME``, a trusted config) or
     from the registry key and checked arguments recorded in model.json, never a target from the file."""
     if cfg.get("dataset"):
         data_cfg = OmegaConf.to_container(cfg.dataset, resolve=True)
         process = check_process(data_cfg.pop("process", None), "dataset.process")
         return instantiate(data_cfg), process
-    try:
-        entry, args, process = dataset_of(meta)
-    except UntrustedInputError as e:
-        raise UntrustedInputError(f"{meta_path}: {e}") from None
+    entry, args, process = dataset_of(meta)  # load_model has already refused a bad entry
     return entry.build(**args), process
 
 
@@ -55,7 +52,7 @@ def evaluate_saved(cfg: DictConfig, out_dir: Path) -> dict:
     device = resolve_device(cfg.device)
     set_max_pixels(cfg.get("max_image_pixels"))
     model, meta = load_model(folder, device, int(cfg.max_model_params))
-    data, process = saved_data(cfg, meta, folder / "model.json")
+    data, process = saved_data(cfg, meta)
     c_in = in_channels(process["channels"])
     if c_in != meta.get("in_channels", c_in):
         raise JSPError(f"the model takes {meta['in_channels']} input channels but dataset.process.channels="

@@ -166,9 +166,9 @@ class Progress:
             return
         rate = (step + 1 - self.start) / max(time.time() - self.t0, 1e-9)
         eta = (self.steps - step - 1) / max(rate, 1e-9)
+        t, p = task.item(), penalty.item()  # one device sync each
         log.info("%s step %d/%d | loss %.4f (task %.4f, penalty %.4g) | lr %.2e | %.2f steps/s | ETA %dm%02ds",
-                 self.tag, step + 1, self.steps, task.item() + penalty.item(), task.item(), penalty.item(), lr,
-                 rate, eta // 60, eta % 60)
+                 self.tag, step + 1, self.steps, t + p, t, p, lr, rate, eta // 60, eta % 60)
 
     def validated(self, step: int, metrics: dict) -> None:
         if self.every:
