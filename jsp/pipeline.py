@@ -27,14 +27,16 @@ from jsp.engine.logger import RunLogger, flatten, log_units, summary_table
 from jsp.engine.resume import clear_preempted, load_constraint_stats, mark_preempted, restore_weights, resuming, \
     save_constraint_stats
 from jsp.engine.setup import patch_loader, resolve_device, seed_everything
-from jsp.engine.train import LoopSettings, train_loop
+from jsp.engine.train import LoopSettings, lr_at, train_loop
 from jsp.data.io import set_max_pixels
 from jsp.errors import ConfigError, JSPError
 from jsp.files import RunLock, probe_writable
 from jsp.metrics import cost_report
 from jsp.models import pad_multiple
 from jsp.models.saved import layer_spec, load_model, save_model
-from jsp.pruning import ChannelGroups, apply, layer_scores, layer_widths, plan
+from jsp.constraints.budget import BudgetController
+from jsp.pruning import Target, cost_if_pruned, layer_scores, layer_widths, prune, taylor_statistic
+from jsp.pruning.surgery import model_cost
 from jsp.registry import describe
 
 log = logging.getLogger("jsp")
@@ -88,8 +90,11 @@ class Run:
         # Everything a config can get wrong is checked before data is read or a step is run.
         self.device = resolve_device(tr.device)
         check_trainer(tr)
-        self.constraint = build(cfg.constraint)
+        node = OmegaConf.to_container(cfg.constraint, resolve=True)
+        self.budget, self.budget_every = node.pop("budget", None), node.pop("budget_every", 10)
+        self.constraint = build(node)
         self.schedule = build(cfg.schedule)
+        check_budget(self.budget, self.schedule)
 
         # Data: the loader returns raw splits; "process" says how they become tensors.
         self.data_cfg = OmegaConf.to_container(cfg.dataset, resolve=True)
@@ -136,7 +141,9 @@ class Run:
         """The evaluated stages in order, each with the work that produces it."""
         tr, s = self.tr, self.schedule
         stages = [("dense", lambda: self.train_stage(tr.steps, "train", "val", self.constraint, tr.lr, self.cfg.seed))]
-        for r, (target, _) in enumerate(s.targets(), start=1):
+        # With constraint.budget the budget is the target; the units the controller zeroed rank last.
+        targets = [(Target(s.budget_on, self.budget), self.budget)] if self.budget else s.targets()
+        for r, (target, _) in enumerate(targets, start=1):
             suffix = "" if s.rounds == 1 else f"_{r}"
             stages.append((f"pruned{suffix}", lambda t=target, x=suffix: self.prune(t, f"prune{x}")))
             if s.finetune_steps:
@@ -245,6 +252,15 @@ class Run:
                                 first_step=self.step - (resume["step"] if resume else 0), validate_start=validate_start)
         # The optimizer is built per stage: surgery replaces parameters between stages.
         optimizer = build(tr.optimizer)(self.model.parameters())
+        if self.budget and tag == "train":
+            # The forecast looks ahead by the learning rate the rest of the stage will apply.
+            rest = [0.0] * (steps + 1)
+            for t in range(steps - 1, -1, -1):
+                rest[t] = rest[t + 1] + lr_at(t, settings)
+            forecast = lambda step: self.kept_cost(self.constraint.forecast_off(rest[step + 1]))  # noqa: E731
+            self.constraint.budget = BudgetController(self.budget, forecast, steps, self.budget_every)
+            if resume:
+                self.constraint.load_state_dict(resume["constraint"])
         if resume:
             optimizer.load_state_dict(resume["optimizer"])
         batches = patch_loader(self.splits["train"], self.process, steps, tr.batch_size, seed, tr.num_workers,
@@ -253,7 +269,11 @@ class Run:
         def validate(model, step):
             self.step = step
             log_units(self.logger, self.constraint, self.step)
-            return self.eval_on("val")[0]
+            metrics = self.eval_on("val")[0]
+            if self.constraint.budget is not None and tag == "train":
+                kept = self.kept_cost()  # only weights that meet the budget may be handed on
+                metrics.update(kept_cost=kept, eligible=kept <= self.budget * 1.02)
+            return metrics
 
         def checkpoint(done: int, best: dict, best_state) -> None:
             save_state(self.ckpt, stage=tag, step=done, global_step=settings.first_step + done,
@@ -285,24 +305,60 @@ class Run:
         log.info("resume: %s continues at step %d", tag, state["step"])
         return state
 
+    def kept_cost(self, off: dict | None = None) -> float:
+        """Fraction of the current cost left if the switched-off units (or ``off``) were removed."""
+        s = self.schedule
+        return cost_if_pruned(self.model, self.constraint.layers, s.eps, s.budget_on, self.c_in,
+                              2 * pad_multiple(self.model), self.data.full_size, s.min_channels, off)
+
+    def unit_scores(self) -> dict:
+        """{layer: (U,) importance} of the current model under schedule.importance."""
+        s, layers = self.schedule, self.constraint.layers
+        self.constraint.refresh()  # redundancy on the weights being pruned (the restored best)
+        stats = self.constraint.statistics()
+        if s.importance == "taylor":
+            batches = patch_loader(self.splits["train"], self.process, 8, self.tr.batch_size, self.cfg.seed, 0,
+                                   self.device)
+            stats.update(taylor_statistic(self.model, layers, batches, self.loss_fn, self.device))
+        return layer_scores(s.importance, layers, stats, s.seed, getattr(self.constraint, "kind", "scale"),
+                            s.normalize)
+
     def prune(self, target, tag: str) -> None:
-        """Remove channels to meet ``target``; log widths before and after."""
+        """Remove channels to meet ``target``; log widths before and after. With a budget, the
+        switched-off units go first (no change of function), then, if they were not enough,
+        the least important others."""
         s, t0 = self.schedule, time.time()
         before = layer_widths(self.model)
-        layers = self.constraint.layers
-        scores = layer_scores(s.importance, layers, self.constraint.statistics(), s.seed)
-        groups = ChannelGroups(self.model, layers, scores, self.c_in, 2 * pad_multiple(self.model), s.eps)
-        chosen = plan(self.model, layers, groups, target, self.data.full_size, s.min_channels, s.round_to)
-        removed = apply(self.model, layers, chosen, groups.example_shape)
-        self.constraint.after_surgery(self.model, removed)
+        steps = [Target("threshold"), target] if self.budget else [target]
+        for t in steps:
+            if t.mode != "threshold":
+                dense = self.logger.metrics["dense"][t.mode]
+                now = model_cost(self.model, t.mode, self.c_in, self.data.full_size)
+                if self.budget and now <= dense * self.budget:
+                    break
+                t = Target(t.mode, min(1.0, t.keep * dense / now)) if self.budget else t
+            removed = prune(self.model, self.constraint.layers, self.unit_scores(), t, self.c_in,
+                            2 * pad_multiple(self.model), self.data.full_size, s.eps, s.min_channels, s.round_to,
+                            s.min_keep, s.cost_aware)
+            self.constraint.after_surgery(self.model, removed)
+            log.info("%s: removed %d unit channels (%s importance, %s target)", tag,
+                     sum(len(c) for c in removed.values()), s.importance, t.mode)
         after = layer_widths(self.model)
         table = "| layer | before | after |\n|---|---|---|\n" + "\n".join(
             f"| {n} | {before[n]} | {after.get(n, 0)} |" for n in before)
         self.logger.writer.add_text(f"{tag}/widths", table, self.step)
         self.logger.scalars(tag, {"surgery_s": time.time() - t0,
-                                  "channels_removed": sum(len(c) for c in chosen)}, self.step)
-        log.info("%s: removed %d of %d channels (%s importance, %s target) in %.1f s", tag,
-                 sum(len(c) for c in chosen), groups.total(), s.importance, target.mode, time.time() - t0)
+                                  "channels_removed": sum(before.values()) - sum(after.values())}, self.step)
+
+
+def check_budget(budget, schedule) -> None:
+    if budget is None:
+        return
+    if not 0 < budget < 1:
+        raise ConfigError(f"constraint.budget must be a fraction in (0, 1), got {budget}")
+    if schedule.rounds != 1 or schedule.mode != "threshold":
+        raise ConfigError("constraint.budget needs schedule=oneshot without keep_params/keep_macs: the budget "
+                          "is the pruning target")
 
 
 def _choices(cfg: DictConfig) -> dict:

@@ -19,7 +19,7 @@ from jsp.constraints import find_units
 from jsp.metrics import count_macs, count_params
 from jsp.metrics.cost import cpu_latency_ms
 from jsp.models import UNet
-from jsp.pruning import ChannelGroups, Target, apply, layer_scores, plan
+from jsp.pruning import Target, layer_scores, prune
 
 from benchlib import write_report  # scripts/benchlib.py
 
@@ -44,9 +44,7 @@ def main() -> None:
         model = copy.deepcopy(dense)
         t0 = time.perf_counter()
         layers = find_units(model, 3)
-        groups = ChannelGroups(model, layers, layer_scores("l1_norm", layers, {}), 3, 64)
-        chosen = plan(model, layers, groups, Target("params", keep), size)
-        apply(model, layers, chosen, groups.example_shape)
+        prune(model, layers, layer_scores("l1_norm", layers, {}), Target("params", keep), 3, 64, size)
         surgery = time.perf_counter() - t0
         row = {"keep": keep, "params": count_params(model), "macs": count_macs(model, 3, size),
                "latency_ms": cpu_latency_ms(model, 3, size, args.reps), "surgery_s": surgery}

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from jsp.constraints import L1, GroupLasso, JSPConstraint, NoConstraint, Slimming, find_units
+from jsp.constraints.jsp import V1
 from jsp.constraints.group import UnitSet, weighted_group_norm
 from jsp.engine.losses import CEDiceLoss
 from jsp.engine.train import train_step
@@ -53,7 +54,7 @@ def test_units_of_mobilenetv3_include_depthwise_and_se():
 
 def test_activity_of_dead_unit_goes_to_zero_and_of_live_units_stays_one():
     m = toy(mask=(0.0, 1.0, 1.0, 1.0))
-    c = JSPConstraint(lambda_s=0, lambda_r=0, beta=0.99).attach(m)
+    c = JSPConstraint(lambda_s=0, lambda_r=0, beta=0.99, **V1).attach(m)
     x = torch.randn(8, 1, 8, 8)
     y = (x[:, 0] > 0).long()
     for step in range(500):
@@ -73,7 +74,7 @@ def test_identical_filters_give_one_redundant_unit_and_orthogonal_ones_none():
     w[1, 0] = w[0, 0]                                                      # duplicate of unit 0
     w[2, 0] = torch.tensor([[0.0, 0, 0], [1, -1, 0], [0, 0, 0]])           # orthogonal (centred)
     w[3, 0] = torch.tensor([[0.0, 0, 0], [0, 0, 0], [1, 0, -1]])
-    c = JSPConstraint().attach(m)
+    c = JSPConstraint(**V1).attach(m)
     c.update_redundancy()
     r = c.statistics()["redundancy"]["0"]
     assert sorted(r[:2].tolist()) == pytest.approx([0.0, 1.0], abs=1e-5)  # exactly one of the pair
@@ -91,7 +92,8 @@ def test_redundancy_goes_to_the_less_active_unit():
 
 
 def _all_constraints():
-    return [JSPConstraint(lambda_s=0.1, lambda_r=0.1), GroupLasso(lam=0.1), L1(lam=0.1), Slimming(lam=0.1)]
+    return [JSPConstraint(lambda_s=0.1, lambda_r=0.1, **V1), GroupLasso(lam=0.1, update="loss"), L1(lam=0.1),
+            Slimming(lam=0.1, update="loss")]
 
 
 @pytest.mark.parametrize("c", _all_constraints(), ids=lambda c: type(c).__name__)
@@ -127,7 +129,7 @@ def test_analytic_gradient_matches_autograd():
         if analytic:
             pen = weighted_group_norm(units, coefs)[0]
         else:
-            pen = sum((c * l.sq_norms().sqrt() / l.dim**0.5).sum() for c, l in zip(units.split(coefs), layers))
+            pen = sum((c * l.sq_norms('theta').sqrt() / l.dim**0.5).sum() for c, l in zip(units.split(coefs), layers))
         (task + pen).backward()
         grads.append({n: p.grad.clone() for n, p in m.named_parameters()})
     for name, g in grads[0].items():
@@ -139,8 +141,8 @@ def test_counting_ignores_the_penalty_gradient():
     m = toy(mask=(0.0, 1.0, 1.0, 1.0))
     x = torch.randn(4, 1, 8, 8)
     y = (x[:, 0] > 0).long()
-    with_pen = JSPConstraint(lambda_s=10.0, lambda_r=10.0, beta=0.5).attach(m)
-    alone = JSPConstraint(lambda_s=0, lambda_r=0, beta=0.5).attach(m)
+    with_pen = JSPConstraint(lambda_s=10.0, lambda_r=10.0, beta=0.5, **V1).attach(m)
+    alone = JSPConstraint(lambda_s=0, lambda_r=0, beta=0.5, **V1).attach(m)
     with_pen.a.fill_(0.5)
     alone.a.fill_(0.5)
     m.zero_grad()
@@ -177,7 +179,7 @@ def test_jsp_switches_off_dead_and_duplicated_units_and_keeps_useful_ones():
                       nn.Conv2d(width, 2, 1))
     with torch.no_grad():                                 # unit 1 is an exact duplicate of unit 0
         m[0].weight[1], m[0].bias[1], m[4].weight[:, 1] = m[0].weight[0], m[0].bias[0], m[4].weight[:, 0]
-    c = JSPConstraint(lambda_s=0.02, lambda_r=0.1, beta=0.95, redund_every=5).attach(m)
+    c = JSPConstraint(lambda_s=0.02, lambda_r=0.1, beta=0.95, redund_every=5, **V1).attach(m)
     opt = torch.optim.Adam(m.parameters(), lr=1e-2)
     g = torch.Generator().manual_seed(0)
     for step in range(400):
@@ -189,7 +191,7 @@ def test_jsp_switches_off_dead_and_duplicated_units_and_keeps_useful_ones():
         loss.backward()
         c.observe(m, step)
         opt.step()
-    n = c.layers[0].norms()
+    n = c.layers[0].norms("theta")
     n = n / n.max()
     assert n[5] < 0.01, n                                 # the dead unit is switched off
     assert min(n[0], n[1]) < 0.05, n                      # one of the duplicated pair is too

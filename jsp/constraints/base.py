@@ -1,17 +1,23 @@
-"""The constraint interface: statistics from gradients, and a penalty added to the task loss.
+"""The constraint interface: statistics from gradients, and a penalty that is either added to
+the task loss (``update=loss``) or applied as a proximal step after the optimiser's
+(``update=prox``, method.md s.3).
 
 The training loop calls, every step:
-    loss = task + constraint.penalty(model)
+    loss = task + constraint.penalty(model)      # zero under update=prox
     loss.backward()
-    constraint.observe(model, step)    # statistics from the task-loss part of the gradients
-A constraint that needs the task-loss gradient alone (gradient counting) separates the
-penalty's contribution itself (see jsp.constraints.jsp._Tap).
+    constraint.observe(model, step)              # statistics from the task-loss gradients
+    optimizer.step()
+    constraint.step(model, lr, step)             # the proximal step (and budget controller)
+Under update=loss a constraint that needs the task-loss gradient alone (gradient counting)
+takes the penalty's share back out itself (see jsp.constraints.group.PenaltyRecord).
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from jsp.constraints.budget import BudgetController
+from jsp.constraints.group import UnitSet, prox_step
 from jsp.constraints.units import UnitLayer, find_units, off_fractions
 from jsp.errors import ConfigError
 
@@ -28,6 +34,8 @@ class Constraint:
             raise ConfigError(f"constraint.eps must be in [0, 1), got {eps}")
         self.eps = eps
         self.layers: list[UnitLayer] = []
+        #: set by the pipeline for constraint.budget runs; scales the penalty (see budget.py).
+        self.budget: BudgetController | None = None
         #: weighted terms of the last penalty, for logging (e.g. {"sparse": tensor(0.1)}).
         self.terms: dict[str, torch.Tensor | float] = {}
 
@@ -63,6 +71,60 @@ class Constraint:
         """Scalar tensor added to the loss (zero, not requiring grad, for ``none``)."""
         return torch.zeros((), device=next(model.parameters()).device)
 
+    update = "loss"
+
+    def prox_units(self) -> UnitSet | None:
+        """The unit groups a proximal step shrinks (None: this constraint has no prox form)."""
+        return None
+
+    def prox_coefs(self) -> torch.Tensor:
+        """(total,) c_u of the proximal step, before the budget factor."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def step(self, model: nn.Module, lr: float, step: int | None = None, scale: float = 1.0,
+             control: bool = True) -> None:
+        """After the optimiser step: the proximal step at learning rate ``lr`` (its penalty
+        multiplied by ``scale``), then, with ``control``, the budget controller's check."""
+        units = self.prox_units() if self.update == "prox" else None
+        if units is not None and units.total:
+            coefs = self.factor * self.prox_coefs()
+            norms = units.norms()
+            if coefs.any():
+                self.log_terms(coefs, norms * units.inv_sqrt_dim)
+                prox_step(units, scale * coefs, lr, norms)
+        if control and self.budget is not None and step is not None:
+            with torch.enable_grad():
+                self.budget.update(step)
+
+    def log_terms(self, coefs: torch.Tensor, n: torch.Tensor) -> None:
+        """Record the weighted penalty terms of a proximal step for logging."""
+        self.terms = {"penalty": (coefs * n).sum(), "factor": self.factor,
+                      **({"kept_cost": self.budget.last_cost} if self.budget else {})}
+
+    @torch.no_grad()
+    def forecast_off(self, horizon: float) -> dict[str, torch.Tensor]:
+        """{layer: (U,) bool} units that are off now or that the proximal step, at the current
+        coefficients and a learning rate summing to ``horizon`` over the rest of training,
+        would shrink to zero if the task gradient did not resist (the budget controller's
+        forecast: zeroing lags the pressure by many steps, so the controller steers this)."""
+        units = self.prox_units() if self.update == "prox" else None
+        out = {l.name: l.off(self.eps) for l in self.layers}
+        if units is None or not units.total:
+            return out
+        reach = horizon * self.factor * self.prox_coefs() * units.inv_sqrt_dim
+        for layer, soon in zip(units.layers, units.split(units.norms() <= reach)):
+            out[layer.name] = out[layer.name] | soon
+        return out
+
+    @property
+    def factor(self) -> float:
+        """The budget controller's multiplier of lambda (1 without a budget)."""
+        return 1.0 if self.budget is None else self.budget.factor
+
+    def refresh(self) -> None:
+        """Recompute weight-derived statistics on the current weights (before pruning)."""
+
     def statistics(self) -> dict[str, dict[str, torch.Tensor]]:
         """Per-unit statistics by name, then by layer, e.g. {"activity": {"inc.0": (U,)}}."""
         return {}
@@ -74,10 +136,17 @@ class Constraint:
                 "units_off_layers": per_layer}
 
     def state_dict(self) -> dict:
-        return {}
+        return self._budget_state()
 
     def load_state_dict(self, state: dict) -> None:
-        pass
+        self._load_budget_state(state)
+
+    def _budget_state(self) -> dict:
+        return {} if self.budget is None else {"budget": {k: torch.tensor([v]) for k, v in self.budget.state_dict().items()}}
+
+    def _load_budget_state(self, state: dict) -> None:
+        if self.budget is not None and "budget" in state:
+            self.budget.load_state_dict({k: float(v.reshape(-1)[0]) for k, v in state["budget"].items()})
 
     def settings(self) -> dict:
         """Hyper-parameters, recorded in metrics.json and the TensorBoard hparams."""
@@ -98,6 +167,12 @@ class Scaled(Constraint):
 
     def observe(self, model, step=None):
         self.inner.observe(model, step)
+
+    def step(self, model, lr, step=None, scale=1.0, control=True):
+        # Only the training stage moves the budget controller, not fine-tuning.
+        if self.scale:
+            self.inner.step(model, lr, step, scale=self.scale * scale, control=False)
+            self.terms = self.inner.terms
 
     def penalty(self, model):
         if self.scale == 0:

@@ -5,6 +5,9 @@ the same pressure for every method:
   l1           lambda * sum_u ||W_u||_1 / dim W_u           (mean |weight| of the filter)
   group_lasso  lambda * sum_u ||theta_u||_2 / sqrt(dim theta_u)   (Wen et al. 2016, uniform)
   slimming     lambda * sum_u |gamma_u|                      (Liu et al. 2017, BN scales)
+Group lasso and slimming take the same update rule as JSP (``update=prox``, the default: a
+proximal step after the optimiser's, which soft-thresholds |gamma| for slimming) and the same
+budget controller; ``update=loss`` adds the penalty to the loss. L1 has only ``loss``.
 The YAML key is ``lambda``; Python callers may pass ``lam=``.
 """
 from __future__ import annotations
@@ -21,35 +24,59 @@ class SingleTerm(Constraint):
     """A penalty ``lambda * sum_u m_u`` with one per-unit magnitude ``m_u`` (``magnitudes``)."""
 
     term = "penalty"
+    kind: str | None = None   # the unit group a proximal step shrinks (None: no prox form)
 
-    def __init__(self, lam: float = 0.0, eps: float = 0.01, **kwargs):
+    def __init__(self, lam: float = 0.0, eps: float = 0.01, update: str | None = None, **kwargs):
         lam = kwargs.pop("lambda", lam)  # "lambda" is a Python keyword but the natural YAML key
         if kwargs:
             raise ConfigError(f"unknown constraint settings {sorted(kwargs)} for {type(self).__name__}")
         if lam < 0:
             raise ConfigError(f"constraint.lambda must be >= 0, got {lam}")
+        allowed = ("prox", "loss") if self.kind else ("loss",)
+        update = allowed[0] if update is None else update
+        if update not in allowed:
+            raise ConfigError(f"constraint.update must be one of {list(allowed)} for {type(self).__name__}, "
+                              f"got {update!r}")
         super().__init__(eps=eps)
-        self.lam = float(lam)
+        self.lam, self.update = float(lam), update
+        self._units: UnitSet | None = None
+
+    def units(self) -> UnitSet:
+        if self._units is None or self._units.layers is not self.layers:
+            self._units = UnitSet([l for l in self.layers if l.dim_of(self.kind)], self.kind)
+        return self._units
 
     def magnitudes(self, layer) -> torch.Tensor | None:
         raise NotImplementedError
 
     def penalty(self, model: nn.Module) -> torch.Tensor:
         device = next(model.parameters()).device
-        if self.lam == 0:
-            self.terms = {}
+        if self.lam == 0 or self.update == "prox":
+            if self.update != "prox":
+                self.terms = {}
             return torch.zeros((), device=device)
         total = torch.zeros((), device=device)
         for layer in self.layers:
             m = self.magnitudes(layer)
             if m is not None:
                 total = total + m.sum()
-        total = self.lam * total
+        total = self.factor * self.lam * total
         self.terms = {self.term: total.detach()}
         return total
 
+    def prox_units(self) -> UnitSet | None:
+        return self.units() if self.kind else None
+
+    def prox_coefs(self) -> torch.Tensor:
+        units = self.units()
+        return torch.full((units.total,), self.lam, device=units.inv_sqrt_dim.device)
+
+    def log_terms(self, coefs: torch.Tensor, n: torch.Tensor) -> None:
+        super().log_terms(coefs, n)
+        self.terms[self.term] = self.terms.pop("penalty")
+
     def settings(self) -> dict:
-        return {"lambda": self.lam, "eps": self.eps}
+        return {"lambda": self.lam, "eps": self.eps, "update": self.update}
 
 
 class L1(SingleTerm):
@@ -65,16 +92,15 @@ class GroupLasso(SingleTerm):
     """Uniform group lasso over whole units."""
 
     term = "group"
-    _units = None
+    kind = "theta"
 
     def penalty(self, model: nn.Module) -> torch.Tensor:
-        if self.lam == 0 or not self.layers:
+        if self.lam == 0 or not self.layers or self.update == "prox":
             return super().penalty(model)
         # Same per-unit magnitude as JSP's terms, with its cheaper analytic backward pass.
-        if self._units is None or self._units.layers is not self.layers:
-            self._units = UnitSet(self.layers)
-        coefs = torch.full((self._units.total,), self.lam, device=self._units.inv_sqrt_dim.device)
-        total, _ = weighted_group_norm(self._units, coefs)
+        units = self.units()
+        coefs = torch.full((units.total,), self.factor * self.lam, device=units.inv_sqrt_dim.device)
+        total, _ = weighted_group_norm(units, coefs)
         self.terms = {self.term: total.detach()}
         return total
 
@@ -83,6 +109,7 @@ class Slimming(SingleTerm):
     """L1 on BatchNorm scales; units without a BatchNorm are not penalised."""
 
     term = "slimming"
+    kind = "gamma"
 
     def magnitudes(self, layer):
         gamma = layer.gammas()

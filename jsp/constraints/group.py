@@ -1,16 +1,20 @@
-"""All units of a model as one flat vector, and a weighted group norm with an analytic backward.
+"""All units of a model as one flat vector; a weighted group norm with an analytic backward,
+and its proximal step.
 
-    P = sum_u c_u * ||theta_u||_2 / sqrt(dim theta_u)
+    P = sum_u c_u * ||g_u||_2 / sqrt(dim g_u)        g_u: unit u's group of parameters (a kind)
 
 Per-unit quantities (coefficients, activity, redundancy) are flat (total units,) tensors;
 layer i owns the slice ``offsets[i]:offsets[i+1]``. Arithmetic on them is a few whole-vector
 operations instead of a dozen small ones per layer, which is what the constraint's cost on a
-CPU is made of. dP/dtheta_u = c_u theta_u / (sqrt(dim) ||theta_u||) is added to each
-parameter's .grad in one fused pass (autograd's chain of reshapes and powers costs about 4x
-more). The
-record of that factor lets a constraint take the penalty's share back out of
-``weight.grad`` and count the task-loss gradient alone, whatever loss scaling (AMP)
-multiplied both.
+CPU is made of.
+
+Two ways to apply P (method.md s.3):
+- ``weighted_group_norm`` (``update=loss``, v1): P joins the loss; dP/dg_u = c_u g_u /
+  (sqrt(dim) ||g_u||) is added to each .grad in one fused pass, and its record lets a
+  constraint take the penalty's share back out of the gradient it counts.
+- ``prox_step`` (``update=prox``, v2): after the optimiser step,
+  g_u <- g_u * max(0, 1 - eta c_u / (sqrt(dim) ||g_u||)), so units reach exactly zero and one
+  lambda is the same pressure whatever the optimiser does to gradients.
 """
 from __future__ import annotations
 
@@ -20,14 +24,14 @@ from jsp.constraints.units import UnitLayer
 
 
 class UnitSet:
-    """Layers of units laid out in one flat index."""
+    """Layers of units laid out in one flat index; each unit's group is ``kind``."""
 
-    def __init__(self, layers: list[UnitLayer]):
-        self.layers = layers
+    def __init__(self, layers: list[UnitLayer], kind: str = "theta"):
+        self.layers, self.kind = layers, kind
         self.sizes = [l.size for l in layers]
         device = layers[0].conv.weight.device if layers else torch.device("cpu")
-        self.inv_sqrt_dim = torch.cat([torch.full((l.size,), l.dim ** -0.5, device=device) for l in layers]) \
-            if layers else torch.zeros(0, device=device)
+        self.inv_sqrt_dim = torch.cat([torch.full((l.size,), max(l.dim_of(kind), 1) ** -0.5, device=device)
+                                       for l in layers]) if layers else torch.zeros(0, device=device)
         self.layer_index = torch.repeat_interleave(torch.arange(len(layers), device=device),
                                                    torch.tensor(self.sizes, dtype=torch.long, device=device))
 
@@ -40,15 +44,27 @@ class UnitSet:
         return torch.split(flat, self.sizes)
 
     @torch.no_grad()
-    def norms(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(||W_u||, ||theta_u||), each (total,): filter norms and whole-unit norms."""
-        filt, full = [], []
-        for layer in self.layers:
-            f = torch.linalg.vector_norm(layer.filters(), dim=1)
-            extras = layer.extras()
-            filt.append(f)
-            full.append(torch.linalg.vector_norm(torch.stack([f, *extras]), dim=0) if extras else f)
-        return torch.cat(filt), torch.cat(full)
+    def norms(self) -> torch.Tensor:
+        """(total,) ||g_u||_2, not normalised."""
+        return torch.cat([l.sq_norms(self.kind) for l in self.layers]).sqrt() if self.layers \
+            else self.inv_sqrt_dim.clone()
+
+    @torch.no_grad()
+    def grad_norms(self) -> torch.Tensor:
+        """(total,) ||dL/dg_u||_2 from the parameters' .grad."""
+        return torch.cat([l.sq_norms(self.kind, grad=True) for l in self.layers]).sqrt()
+
+    @torch.no_grad()
+    def grad_dots(self) -> torch.Tensor:
+        """(total,) <dL/dg_u, g_u>."""
+        out = []
+        for l in self.layers:
+            d = torch.zeros(l.size, device=l.conv.weight.device)
+            for t, axis in l.params(self.kind):
+                if t.grad is not None:
+                    d += torch.linalg.vecdot(l.rows(t.grad, axis), l.rows(t, axis), dim=1)
+            out.append(d)
+        return torch.cat(out)
 
     def layer_mean(self, flat: torch.Tensor) -> torch.Tensor:
         """(total,) each unit's layer mean of ``flat``."""
@@ -56,14 +72,28 @@ class UnitSet:
         counts = torch.tensor(self.sizes, device=flat.device, dtype=flat.dtype)
         return (sums / counts)[self.layer_index]
 
+    @torch.no_grad()
+    def scale_(self, factors: torch.Tensor, grads: bool = False) -> None:
+        """Multiply each unit's group (or, with ``grads``, add factor * group to its .grad) in place."""
+        for layer, f in zip(self.layers, self.split(factors)):
+            for t, axis in layer.params(self.kind):
+                shape = [1] * t.dim()
+                shape[axis] = -1
+                f_t = f.view(shape).to(t.dtype)
+                if not grads:
+                    t.mul_(f_t)
+                elif t.grad is None:
+                    t.grad = t * f_t
+                else:
+                    t.grad.addcmul_(t, f_t)
+
 
 class PenaltyRecord:
     """What one penalty evaluation saw and applied (all (total,) tensors)."""
 
-    def __init__(self, filter_norms: torch.Tensor, norms: torch.Tensor, scales: torch.Tensor):
-        self.filter_norms = filter_norms  # ||W_u||
-        self.norms = norms                # ||theta_u||
-        self.scales = scales              # c_u / (sqrt(dim) ||theta_u||): dP/dtheta_u = scale_u theta_u
+    def __init__(self, norms: torch.Tensor, scales: torch.Tensor):
+        self.norms = norms                # ||g_u||
+        self.scales = scales              # c_u / (sqrt(dim) ||g_u||): dP/dg_u = scale_u g_u
         self.upstream: torch.Tensor | None = None  # gradient that reached P (1, or the AMP scale)
 
 
@@ -80,28 +110,33 @@ class _WeightedGroupNorm(torch.autograd.Function):
         # then add to the task-loss gradient. AccumulateGrad adds in place to whatever
         # .grad holds, so the order of the two contributions does not matter.
         ctx.record.upstream = g
-        with torch.no_grad():
-            for layer, s in zip(ctx.units.layers, ctx.units.split(g * ctx.record.scales)):
-                w = layer.conv.weight
-                shape = [1] * w.dim()
-                shape[layer.out_dim] = -1
-                for p, scale in ((w, s.view(shape)), *((e, s) for e in layer.extras())):
-                    if p.grad is None:
-                        p.grad = p * scale
-                    else:
-                        p.grad.addcmul_(p, scale)
+        ctx.units.scale_(g * ctx.record.scales, grads=True)
         return (None,) * (3 + ctx.n_params)
 
 
 def weighted_group_norm(units: UnitSet, coefs: torch.Tensor) -> tuple[torch.Tensor, PenaltyRecord]:
-    """sum_u c_u ||theta_u|| / sqrt(dim theta_u); coefs (total,) are held constant.
+    """sum_u c_u ||g_u|| / sqrt(dim g_u); coefs (total,) are held constant.
 
     Returns the scalar (differentiable in the units' parameters) and its record.
     """
     coefs = coefs.detach()
-    filter_norms, norms = units.norms()
+    norms = units.norms()
     weighted = coefs * units.inv_sqrt_dim
     total = (weighted * norms).sum()
-    record = PenaltyRecord(filter_norms, norms, weighted / norms.clamp_min(1e-12))
-    params = [p for layer in units.layers for p in (layer.conv.weight, *layer.extras())]
+    record = PenaltyRecord(norms, weighted / norms.clamp_min(1e-12))
+    params = [t for layer in units.layers for t, _ in layer.params(units.kind)]
     return _WeightedGroupNorm.apply(units, record, total, *params), record
+
+
+@torch.no_grad()
+def prox_step(units: UnitSet, coefs: torch.Tensor, lr: float, norms: torch.Tensor | None = None) -> torch.Tensor:
+    """The proximal step of ``lr * sum_u c_u ||g_u|| / sqrt(dim)``: shrink every group's norm
+    by lr c_u / sqrt(dim), to exactly zero when it would cross it. ``norms``: units.norms() if
+    already computed. Returns the (total,) factors."""
+    if not units.layers:
+        return coefs
+    shrink = lr * coefs.detach() * units.inv_sqrt_dim
+    norms = units.norms() if norms is None else norms
+    factors = (1 - shrink / norms.clamp_min(1e-30)).clamp_min(0)
+    units.scale_(factors)
+    return factors

@@ -1,8 +1,13 @@
 """The JSP constraint: gradient-counting sparsity (method.md s.1), redundancy reduction (s.2)
-and their composite (s.3):
+and their composite (s.3), version 2 by default:
 
-    L = L_task + lambda_s * sum_u (1 - a_u) n_u + lambda_r * sum_u r_u n_u,
-    n_u = ||theta_u||_2 / sqrt(dim theta_u)
+    c_u = lambda_s (1 - a_u) + lambda_r r_u,   penalty sum_u c_u n_u,   n_u = ||s_u|| / sqrt(dim s_u)
+
+applied as a proximal step after each optimiser step (``update=prox``) on the unit's scale
+parameters s_u (``count_on=scale``: BatchNorm's gamma, beta where there is one), with
+activity counted on ||dL_task/ds_u|| and the signed, chance-corrected redundancy.
+The v1 reading is ``count_on=filters`` (g_u on W_u, n_u on the whole unit theta_u),
+``sign=abs``, ``chance=false``, ``update=loss``, ``tau=0.1``.
 
 ``constraint=gradient_count`` is this class with lambda_r = 0, ``constraint=redundancy`` with
 lambda_s = 0 (activity is still counted there: it decides which unit of a correlated pair
@@ -15,7 +20,16 @@ from torch import nn
 
 from jsp.constraints.base import Constraint
 from jsp.constraints.group import PenaltyRecord, UnitSet, weighted_group_norm
+from jsp.constraints.redundancy import layer_redundancy
 from jsp.errors import ConfigError
+
+#: The settings that make JSPConstraint the version-1 method (method.md, v1 compatibility).
+V1 = {"count_on": "filters", "sign": "abs", "chance": False, "update": "loss", "tau": 0.1}
+
+
+def check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"constraint.{name} must be one of {list(choices)}, got {value!r}")
 
 
 class JSPConstraint(Constraint):
@@ -24,25 +38,31 @@ class JSPConstraint(Constraint):
     Args:
         lambda_s: weight of R_sparse (activity-weighted group penalty).
         lambda_r: weight of R_redund (correlation-weighted group penalty).
-        tau: a unit is active at a step when its task-gradient norm ||dL/dW_u|| exceeds tau
-            times the mean over its layer.
+        tau: a unit is active at a step when its task-gradient norm g_u exceeds tau times
+            the mean over its layer.
         beta: decay of the activity average a_u (a_u starts at 1).
         count_every: count activity every k steps (1 = every step).
         redund_every: recompute filter correlations and r_u every this many steps.
-        eps: a unit is "switched off" when its norm is <= eps times its layer's largest.
+        eps: a unit is "switched off" when its n_u is <= eps times its layer's largest.
+        count_on: "scale" (v2: g_u and n_u on the scale parameters s_u) or "filters"
+            (v1: g_u on W_u, n_u and the penalty on the whole unit theta_u).
+        sign: "signed" (v2) or "abs" (v1) correlations in r_u.
+        chance: correct r_u for the chance level of the layer's shape (v2).
+        update: "prox" (v2: proximal step after the optimiser) or "loss" (v1: penalty in the loss).
 
-    Usage in any training loop (the penalty is part of the loss that is back-propagated
-    before ``observe``; observe removes the penalty's own gradient before counting)::
+    Usage in any training loop::
 
-        jsp = JSPConstraint(lambda_s=1e-3, lambda_r=1e-3).attach(model)
-        loss = criterion(model(x), y) + jsp.penalty(model)
+        jsp = JSPConstraint(lambda_s=1.0, lambda_r=1.0).attach(model)
+        loss = criterion(model(x), y) + jsp.penalty(model)   # zero under update=prox
         loss.backward()
         jsp.observe(model)      # counts the task-loss part of the gradients
         optimizer.step()
+        jsp.step(model, lr)     # the proximal step
     """
 
-    def __init__(self, lambda_s: float = 5e-3, lambda_r: float = 5e-3, tau: float = 0.1,
-                 beta: float = 0.99, count_every: int = 1, redund_every: int = 20, eps: float = 0.01):
+    def __init__(self, lambda_s: float = 1.0, lambda_r: float = 1.0, tau: float = 1.0, beta: float = 0.99,
+                 count_every: int = 1, redund_every: int = 20, eps: float = 0.01, count_on: str = "scale",
+                 sign: str = "signed", chance: bool = True, update: str = "prox"):
         super().__init__(eps=eps)
         for name, value in (("lambda_s", lambda_s), ("lambda_r", lambda_r), ("tau", tau)):
             if value < 0:
@@ -51,9 +71,15 @@ class JSPConstraint(Constraint):
             raise ConfigError(f"constraint.beta must be in [0, 1), got {beta}")
         if count_every < 1 or redund_every < 1:
             raise ConfigError("constraint.count_every and constraint.redund_every must be >= 1")
+        check_choice("count_on", count_on, ("scale", "filters"))
+        check_choice("sign", sign, ("signed", "abs"))
+        check_choice("update", update, ("prox", "loss"))
         self.lambda_s, self.lambda_r, self.tau, self.beta = lambda_s, lambda_r, tau, beta
         self.count_every, self.redund_every = count_every, redund_every
-        self.units = UnitSet([])
+        self.count_on, self.sign, self.chance, self.update = count_on, sign, bool(chance), update
+        self.kind = "scale" if count_on == "scale" else "theta"           # n_u and the penalty
+        self.count_kind = "scale" if count_on == "scale" else "filter"    # g_u
+        self.units = self.counted = UnitSet([])
         self.a = torch.ones(0)   # activity a_u, flat over all units
         self.r = torch.zeros(0)  # redundancy r_u, flat over all units
         self._record: PenaltyRecord | None = None
@@ -65,7 +91,8 @@ class JSPConstraint(Constraint):
         old = self.state_dict()
         for key, per_layer in (stored or {}).items():
             old.setdefault(key, {}).update(per_layer)
-        self.units = UnitSet(self.layers)
+        self._load_budget_state(old)
+        self.units, self.counted = UnitSet(self.layers, self.kind), UnitSet(self.layers, self.count_kind)
         dev = self.units.inv_sqrt_dim.device
         a, r = [], []
         for layer in self.layers:
@@ -92,17 +119,15 @@ class JSPConstraint(Constraint):
 
     @torch.no_grad()
     def count_gradients(self, record: PenaltyRecord | None) -> None:
-        """a_u <- beta a_u + (1 - beta) [g_u > tau mean_layer g], g_u = ||dL_task/dW_u||."""
-        if any(l.conv.weight.grad is None for l in self.layers):
+        """a_u <- beta a_u + (1 - beta) [g_u > tau mean_layer g], g_u the task-loss gradient norm."""
+        if any(t.grad is None for l in self.layers for t, _ in l.params(self.count_kind)):
             return
-        grads = [l.filters(l.conv.weight.grad) for l in self.layers]
-        g2 = torch.cat([torch.linalg.vector_norm(g, dim=1) for g in grads]).square()
+        g2 = self.counted.grad_norms().square()
         if record is not None and record.upstream is not None:
-            # The penalty added f_u W_u to dL/dW_u; take it out:
-            # ||G - f W||^2 = ||G||^2 - 2 f <G, W> + f^2 ||W||^2.
+            # Under update=loss the penalty added f_u p to dL/dp for every counted p; take it out:
+            # ||G - f p||^2 = ||G||^2 - 2 f <G, p> + f^2 ||p||^2.
             f = record.upstream * record.scales
-            dots = torch.cat([torch.linalg.vecdot(g, l.filters(), dim=1) for g, l in zip(grads, self.layers)])
-            g2 = g2 - 2 * f * dots + (f * record.filter_norms).square()
+            g2 = g2 - 2 * f * self.counted.grad_dots() + (f * self.counted.norms()).square()
         g = g2.clamp_min(0).sqrt()
         if not torch.isfinite(g).all():  # an AMP overflow step: nothing to count
             return
@@ -111,24 +136,43 @@ class JSPConstraint(Constraint):
 
     @torch.no_grad()
     def update_redundancy(self) -> None:
-        """r_u = max |rho_uv| over units v of the same layer ranked above u by (a_v, ||theta_v||)."""
-        _, norms = self.units.norms()
-        out = [layer_redundancy(layer, a, n)
+        """r_u from the current filters, units ranked by (a_u, n_u) (see redundancy.py)."""
+        norms = self.units.norms()
+        out = [layer_redundancy(layer.filters(), a, n, self.sign == "signed", self.chance)
                for layer, a, n in zip(self.layers, self.units.split(self.a), self.units.split(norms))]
         self.r = torch.cat(out) if out else self.r
 
+    def refresh(self) -> None:
+        self.update_redundancy()
+
+    def coefficients(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(total,) each: lambda_s (1 - a_u) and lambda_r r_u, times the budget factor."""
+        return self.factor * self.lambda_s * (1 - self.a), self.factor * self.lambda_r * self.r
+
     def penalty(self, model: nn.Module) -> torch.Tensor:
         device = next(model.parameters()).device
-        if (self.lambda_s == 0 and self.lambda_r == 0) or not self.layers:
-            self.terms = {}
+        if self.update == "prox" or (self.lambda_s == 0 and self.lambda_r == 0) or not self.layers:
+            if self.update != "prox":
+                self.terms = {}
             return torch.zeros((), device=device)
-        sparse_c = self.lambda_s * (1 - self.a)
-        redund_c = self.lambda_r * self.r
+        sparse_c, redund_c = self.coefficients()
         total, self._record = weighted_group_norm(self.units, sparse_c + redund_c)
         # The split into the two terms is for logging only; the gradient flows through total.
         n = self._record.norms * self.units.inv_sqrt_dim
         self.terms = {"sparse": (sparse_c * n).sum(), "redund": (redund_c * n).sum()}
         return total
+
+    def prox_units(self) -> UnitSet:
+        return self.units
+
+    def prox_coefs(self) -> torch.Tensor:
+        return self.lambda_s * (1 - self.a) + self.lambda_r * self.r
+
+    def log_terms(self, coefs: torch.Tensor, n: torch.Tensor) -> None:
+        super().log_terms(coefs, n)
+        sparse_c, redund_c = self.coefficients()
+        self.terms.update(sparse=(sparse_c * n).sum(), redund=(redund_c * n).sum())
+        del self.terms["penalty"]
 
     def statistics(self) -> dict[str, dict[str, torch.Tensor]]:
         names = [l.name for l in self.units.layers]  # the layers the flat statistics describe
@@ -136,35 +180,13 @@ class JSPConstraint(Constraint):
                 "redundancy": dict(zip(names, self.units.split(self.r)))}
 
     def state_dict(self) -> dict:
-        return {k: {n: v.detach().cpu().clone() for n, v in d.items()} for k, d in self.statistics().items()}
+        stats = {k: {n: v.detach().cpu().clone() for n, v in d.items()} for k, d in self.statistics().items()}
+        return {**stats, **self._budget_state()}
 
     def load_state_dict(self, state: dict) -> None:
         self._align(state)
 
     def settings(self) -> dict:
         return {"lambda_s": self.lambda_s, "lambda_r": self.lambda_r, "tau": self.tau, "beta": self.beta,
-                "count_every": self.count_every, "redund_every": self.redund_every, "eps": self.eps}
-
-
-@torch.no_grad()
-def layer_redundancy(layer, activity: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
-    """(U,) r_u of one layer: the largest |Pearson correlation| of unit u's filter with the
-    filter of a unit ranked above it by (activity, norm, index); 0 for the top unit."""
-    if layer.size < 2:
-        return torch.zeros(layer.size, device=activity.device)
-    f = layer.filters().float()
-    f = f - f.mean(1, keepdim=True)
-    f = f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    rho = (f @ f.T).abs()                                    # (U, U)
-    rank = _rank(activity, norms)
-    above = rank[None, :] < rank[:, None]                    # above[u, v]: v outranks u
-    return (rho * above).amax(1)
-
-
-def _rank(activity: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
-    """(U,) position of each unit when sorted by activity, then norm, then index (0 = top)."""
-    order = torch.argsort(norms, descending=True, stable=True)
-    order = order[torch.argsort(activity[order], descending=True, stable=True)]
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(len(order), device=order.device)
-    return rank
+                "count_every": self.count_every, "redund_every": self.redund_every, "eps": self.eps,
+                "count_on": self.count_on, "sign": self.sign, "chance": self.chance, "update": self.update}

@@ -15,12 +15,21 @@ from torch import nn
 CONVS = (nn.Conv2d, nn.ConvTranspose2d)
 
 
+#: Which parameters make up a unit's group, by name (method.md "Units"):
+#:   theta  its filter W_u, bias b_u and BatchNorm affine (gamma_u, beta_u): the v1 reading;
+#:   scale  its scale parameters s_u: (gamma_u, beta_u) after a normalisation, else (W_u, b_u);
+#:   gamma  the BatchNorm scale alone (network slimming); units without one have none;
+#:   filter the convolution filter W_u alone (v1's gradient counting).
+KINDS = ("theta", "scale", "gamma", "filter")
+
+
 @dataclass(eq=False)
 class UnitLayer:
     """The units of one convolution.
 
     ``theta_u`` is the filter ``W_u``, the bias ``b_u`` and the BatchNorm affine
-    ``(gamma_u, beta_u)`` of output channel u; ``dim`` is its number of entries.
+    ``(gamma_u, beta_u)`` of output channel u; ``dim`` is its number of entries. The scale
+    parameters ``s_u`` (``kind="scale"``) are what sets the size of the unit's output.
     """
 
     name: str
@@ -37,41 +46,80 @@ class UnitLayer:
         return self.conv.weight.shape[self.out_dim]
 
     @property
+    def normalised(self) -> bool:
+        return self.bn is not None and self.bn.affine
+
+    @property
     def dim(self) -> int:
-        per_unit = self.conv.weight.numel() // self.size
-        return per_unit + (self.conv.bias is not None) + (2 if self.bn is not None and self.bn.affine else 0)
+        return self.dim_of("theta")
+
+    def params(self, kind: str = "theta") -> list[tuple[torch.Tensor, int]]:
+        """The tensors of each unit's group ``kind``, as (tensor, axis that indexes units)."""
+        conv = [(self.conv.weight, self.out_dim)] + ([] if self.conv.bias is None else [(self.conv.bias, 0)])
+        bn = [(self.bn.weight, 0), (self.bn.bias, 0)] if self.normalised else []
+        if kind == "theta":
+            return conv + bn
+        if kind == "scale":
+            return bn or conv
+        if kind == "gamma":
+            return bn[:1]
+        if kind == "filter":
+            return conv[:1]
+        raise ValueError(f"unit parameter kind must be one of {KINDS}, got {kind!r}")
+
+    def dim_of(self, kind: str) -> int:
+        """Entries per unit in group ``kind`` (0 when the layer has none)."""
+        return sum(t.numel() // t.shape[axis] for t, axis in self.params(kind))
+
+    def rows(self, t: torch.Tensor, axis: int) -> torch.Tensor:
+        """(U, D) ``t`` with the unit axis first (a copy for transposed convolutions)."""
+        return t.transpose(0, axis).reshape(self.size, -1) if t.dim() > 1 else t.view(self.size, 1)
 
     def filters(self, weight: torch.Tensor | None = None) -> torch.Tensor:
         """(U, D) rows = the units' filters (``weight`` defaults to the conv's)."""
-        w = self.conv.weight if weight is None else weight
-        return w.transpose(0, self.out_dim).reshape(self.size, -1)
+        return self.rows(self.conv.weight if weight is None else weight, self.out_dim)
 
-    def sq_norms(self, weight: torch.Tensor | None = None) -> torch.Tensor:
-        """(U,) differentiable ||theta_u||^2."""
-        sq = self.filters(weight).pow(2).sum(1)
-        if self.conv.bias is not None:
-            sq = sq + self.conv.bias.pow(2)
-        if self.bn is not None and self.bn.affine:
-            sq = sq + self.bn.weight.pow(2) + self.bn.bias.pow(2)
+    def sq_norms(self, kind: str = "theta", grad: bool = False) -> torch.Tensor:
+        """(U,) ||group_u||^2 of the parameters (differentiable) or of their .grad (detached;
+        zero where a tensor has no gradient)."""
+        sq = torch.zeros(self.size, device=self.conv.weight.device)
+        for t, axis in self.params(kind):
+            if grad:
+                if t.grad is None:
+                    continue
+                t = t.grad
+            sq = sq + torch.linalg.vector_norm(self.rows(t, axis), dim=1).square()
         return sq
 
-    def norms(self) -> torch.Tensor:
-        """(U,) ||theta_u||_2 / sqrt(dim theta_u), detached: the unit's RMS magnitude."""
+    def norms(self, kind: str = "scale") -> torch.Tensor:
+        """(U,) n_u = ||group_u||_2 / sqrt(dim), detached: the unit's RMS magnitude.
+
+        The default, the scale parameters, is zero exactly when the unit's output is zero."""
         with torch.no_grad():
-            sq = torch.linalg.vector_norm(self.filters(), dim=1).square()  # fused, no temporary
-            for extra in self.extras():
-                sq += extra.square()
-            return sq.sqrt() / self.dim**0.5
+            return self.sq_norms(kind).sqrt() / max(self.dim_of(kind), 1) ** 0.5
 
     def extras(self) -> list[torch.Tensor]:
         """The (U,) parameters of each unit besides its filter: bias, BN scale and shift."""
-        out = [] if self.conv.bias is None else [self.conv.bias]
-        if self.bn is not None and self.bn.affine:
-            out += [self.bn.weight, self.bn.bias]
-        return out
+        return [t for t, _ in self.params("theta")[1:]]
 
     def gammas(self) -> torch.Tensor | None:
-        return None if self.bn is None or not self.bn.affine else self.bn.weight
+        return self.bn.weight if self.normalised else None
+
+    def off(self, eps: float) -> torch.Tensor:
+        """(U,) bool: units whose output is zero (n_u <= eps * the layer's largest) or, after a
+        normalisation, a constant (|gamma_u| <= eps * the layer's largest |gamma|)."""
+        n = self.norms()
+        out = n <= eps * n.max().clamp_min(1e-12)
+        if self.normalised:
+            g = self.bn.weight.detach().abs()
+            out |= g <= eps * g.max().clamp_min(1e-12)
+        return out
+
+    def constant_outputs(self) -> torch.Tensor:
+        """(U,) True where the output is a constant but not zero: gamma_u = 0, beta_u != 0."""
+        if not self.normalised:
+            return torch.zeros(self.size, dtype=torch.bool, device=self.conv.weight.device)
+        return (self.bn.weight == 0) & (self.bn.bias != 0)
 
 
 def find_units(model: nn.Module, in_channels: int | None = None, size: int | None = None) -> list[UnitLayer]:
@@ -126,14 +174,13 @@ def find_units(model: nn.Module, in_channels: int | None = None, size: int | Non
 
 
 def off_fractions(layers: list[UnitLayer], eps: float) -> tuple[float, dict[str, float]]:
-    """Fraction of units whose normalised norm ||theta_u|| / max_layer ||theta|| is <= eps.
+    """Fraction of units switched off (``UnitLayer.off``: zero or constant output).
 
     Returns (fraction over all units, {layer name: fraction}).
     """
     per_layer, off, total = {}, 0, 0
     for layer in layers:
-        n = layer.norms()
-        dead = (n <= eps * n.max().clamp_min(1e-12)).sum().item()
+        dead = layer.off(eps).sum().item()
         per_layer[layer.name] = dead / layer.size
         off, total = off + dead, total + layer.size
     return (off / total if total else 0.0), per_layer

@@ -51,8 +51,11 @@ def lr_at(step: int, s: LoopSettings) -> float:
 
 def train_step(model, x, y, loss_fn, optimizer, constraint: Constraint, scaler, step: int,
                device: torch.device, amp: bool = False, channels_last: bool = False,
-               grad_clip: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """One optimisation step on batch (x (N, C, p, p), y (N, p, p)); returns (task, penalty, terms)."""
+               grad_clip: float = 0.0, lr: float | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """One optimisation step on batch (x (N, C, p, p), y (N, p, p)); returns (task, penalty, terms).
+
+    ``lr``: the step's learning rate, for the constraint's proximal step (default: the
+    optimiser's first group's)."""
     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -75,6 +78,8 @@ def train_step(model, x, y, loss_fn, optimizer, constraint: Constraint, scaler, 
         nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     scaler.step(optimizer)
     scaler.update()
+    # The proximal step (update=prox) with the lr the optimiser just used, and the budget check.
+    constraint.step(model, optimizer.param_groups[0]["lr"] if lr is None else lr, step)
     return task, penalty, terms
 
 
@@ -97,7 +102,8 @@ def train_loop(
     """Train for ``s.steps`` steps; validate every ``s.val_every``; end with the best weights.
 
     batches: yields (x (N, C, p, p), y (N, p, p)) for the steps still to run.
-    validate: (model, global step) -> metrics dict with "miou" (the selection criterion).
+    validate: (model, global step) -> metrics dict with "miou" (the selection criterion) and
+        optionally "eligible" (False: these weights may not be handed on as the best).
     resume: {"step": steps already done, "best": metrics, "best_state": weights or None}.
     checkpoint: called as checkpoint(steps done, best, best_state) every ``checkpoint_every``
         steps, so a killed run loses at most that many steps.
@@ -126,7 +132,7 @@ def train_loop(
             group["lr"] = lr
         x, y = next(it)
         task, penalty, terms = train_step(model, x, y, loss_fn, optimizer, constraint, scaler, step,
-                                          device, s.amp, s.channels_last, s.grad_clip)
+                                          device, s.amp, s.channels_last, s.grad_clip, lr)
 
         if step % s.log_every == 0 or step == s.steps - 1:
             terms = {k: float(torch.as_tensor(v).detach()) for k, v in {**terms, **constraint.terms}.items()}
@@ -139,9 +145,13 @@ def train_loop(
             metrics = validate(model, s.first_step + step + 1)
             logger.scalars(val_tag, metrics, s.first_step + step + 1)
             progress.validated(step, metrics)
-            if metrics["miou"] >= best["miou"]:  # on a tie the later, longer-trained weights win
+            # On a tie the later, longer-trained weights win. A checkpoint that is not eligible
+            # (a budget run whose units still cost more than the budget) cannot be "best".
+            if metrics.get("eligible", True) and metrics["miou"] >= best["miou"]:
                 best = {**metrics, "step": step + 1}
                 best_state = copy.deepcopy(model.state_dict())
+            elif step + 1 == s.steps and best["miou"] < 0:  # nothing eligible: the last weights
+                best, best_state = {**metrics, "step": step + 1}, None
         stop = preemption.requested()
         if checkpoint is not None and (stop or checkpoint_every and (step + 1) % checkpoint_every == 0) \
                 and step + 1 < s.steps:

@@ -1,67 +1,110 @@
 """Importance of units: one score per output channel of a unit layer, higher = keep.
 
-Every importance is normalised per layer (divided by the layer's largest score), so scores
-rank globally across layers (method.md s.4). Statistics come from the constraint that
-trained the network (``activity`` = a_u, ``redundancy`` = r_u); where one is missing, the
-importance computes what it can from the weights or says which constraint it needs.
+A registry, name -> function(layer, stats, ctx) -> (U,) raw scores. Statistics come from
+the constraint that trained the network (``activity`` = a_u, ``redundancy`` = r_u, computed
+on the weights being pruned) or from a pass over training data (``taylor``); where one is
+missing, the importance computes what it can from the weights or says what it needs.
+Scores are then normalised per layer (``normalize=max``: divided by the layer's largest;
+``rank``: the unit's rank in its layer over the layer's size) so they rank globally (s.4).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 
-from jsp.constraints.jsp import layer_redundancy
+from jsp.constraints.redundancy import layer_redundancy
 from jsp.constraints.units import UnitLayer
 from jsp.errors import ConfigError
 
 
-def redundancy_from_weights(layer: UnitLayer, activity: torch.Tensor | None = None) -> torch.Tensor:
-    """(U,) r_u computed now from the filters (units ranked by activity, default all 1, then norm)."""
-    norms = layer.norms()
-    return layer_redundancy(layer, torch.ones_like(norms) if activity is None else activity, norms)
+@dataclass
+class Context:
+    """What an importance may use besides the layer: the statistics of the constraint
+    ({stat: {layer: (U,)}}), the unit kind n_u is measured on, and a random generator."""
+
+    stats: dict
+    kind: str = "scale"
+    generator: torch.Generator | None = None
+
+    def stat(self, name: str, layer: UnitLayer) -> torch.Tensor | None:
+        v = self.stats.get(name, {}).get(layer.name)
+        return None if v is None else v.to(layer.conv.weight.device).float()
+
+    def activity(self, layer: UnitLayer) -> torch.Tensor:
+        a = self.stat("activity", layer)
+        return torch.ones(layer.size, device=layer.conv.weight.device) if a is None else a
+
+    def redundancy(self, layer: UnitLayer) -> torch.Tensor:
+        """r_u recorded by the constraint, else computed now (v2: signed, chance-corrected)."""
+        r = self.stat("redundancy", layer)
+        return layer_redundancy(layer.filters(), self.activity(layer), layer.norms(self.kind)) if r is None else r
 
 
-def raw_scores(name: str, layer: UnitLayer, stats: dict[str, dict[str, torch.Tensor]],
-               generator: torch.Generator | None = None) -> torch.Tensor:
-    """(U,) un-normalised importance ``name`` of the units of ``layer``."""
-    a = stats.get("activity", {}).get(layer.name)
-    r = stats.get("redundancy", {}).get(layer.name)
-    with torch.no_grad():
-        norms = layer.norms()
-        if name == "jsp":  # I_u = ||theta_u|| a_u (1 - r_u)
-            a = torch.ones_like(norms) if a is None else a.to(norms.device)
-            r = redundancy_from_weights(layer, a) if r is None else r.to(norms.device)
-            return norms * a * (1 - r)
-        if name == "l1_norm":
-            return layer.filters().abs().sum(1)
-        if name == "group_norm":
-            return norms
-        if name == "bn_scale":
-            g = layer.gammas()
-            return norms if g is None else g.detach().abs()  # no BatchNorm: fall back to the norm
-        if name == "gradient_count":
-            if a is None:
-                raise ConfigError("schedule.importance=gradient_count needs the gradient activity that "
-                                  "constraint=jsp, gradient_count or redundancy collects")
-            return a.to(norms.device) + 1e-6 * norms / norms.max().clamp_min(1e-12)  # norm breaks ties
-        if name == "correlation":
-            r = redundancy_from_weights(layer, a.to(norms.device) if a is not None else None) if r is None \
-                else r.to(norms.device)
-            return 1 - r
-        if name == "random":
-            return torch.rand(layer.size, generator=generator).to(norms.device)
-    raise ConfigError(f"schedule.importance must be one of {sorted(IMPORTANCES)}, got {name!r}")
+def _needs(name: str, source: str, value):
+    if value is None:
+        raise ConfigError(f"schedule.importance={name} needs {source}")
+    return value
 
 
-IMPORTANCES = ("jsp", "l1_norm", "group_norm", "bn_scale", "gradient_count", "correlation", "random")
+_ACTIVITY = "the gradient activity that constraint=jsp, gradient_count or redundancy collects"
+IMPORTANCES: dict[str, Callable[[UnitLayer, Context], torch.Tensor]] = {
+    # I_u = n_u a_u (1 - r_u) (method.md s.4)
+    "jsp": lambda l, c: l.norms(c.kind) * c.activity(l) * (1 - c.redundancy(l)),
+    "l1_norm": lambda l, c: l.filters().abs().sum(1),
+    "group_norm": lambda l, c: l.norms("theta"),
+    # Network slimming; layers without a BatchNorm fall back to n_u.
+    "bn_scale": lambda l, c: l.norms(c.kind) if l.gammas() is None else l.gammas().detach().abs(),
+    # The clean ablations: one factor of I_u each.
+    "gradient_count": lambda l, c: l.norms(c.kind) * _needs("gradient_count", _ACTIVITY, c.stat("activity", l)),
+    "redundancy": lambda l, c: l.norms(c.kind) * (1 - c.redundancy(l)),
+    "correlation": lambda l, c: 1 - c.redundancy(l),
+    "taylor": lambda l, c: _needs("taylor", "the taylor statistic (taylor_statistic)", c.stat("taylor", l)),
+    "random": lambda l, c: torch.rand(l.size, generator=c.generator).to(l.conv.weight.device),
+}
+NORMALIZE = ("max", "rank")
 
 
-def layer_scores(name: str, layers: list[UnitLayer], stats: dict, seed: int = 0) -> dict[str, torch.Tensor]:
-    """{layer name: (U,) importance in [0, 1]} (normalised by each layer's largest)."""
+def check_importance(name: str) -> None:
     if name not in IMPORTANCES:
         raise ConfigError(f"schedule.importance must be one of {list(IMPORTANCES)}, got {name!r}")
-    generator = torch.Generator().manual_seed(seed)
-    out = {}
-    for layer in layers:
-        s = raw_scores(name, layer, stats, generator).float()
-        out[layer.name] = s / s.max().clamp_min(1e-12)
-    return out
+
+
+def normalized(scores: torch.Tensor, how: str) -> torch.Tensor:
+    """(U,) scores in [0, 1]: divided by the largest, or rank / U (1 = the layer's best)."""
+    if how == "max":
+        return scores / scores.max().clamp_min(1e-12)
+    order = torch.argsort(torch.argsort(scores, stable=True), stable=True)
+    return (order + 1).float() / len(scores)
+
+
+def layer_scores(name: str, layers: list[UnitLayer], stats: dict, seed: int = 0, kind: str = "scale",
+                 normalize: str = "max") -> dict[str, torch.Tensor]:
+    """{layer name: (U,) importance in [0, 1]}, normalised per layer by ``normalize``."""
+    check_importance(name)
+    if normalize not in NORMALIZE:
+        raise ConfigError(f"schedule.normalize must be one of {list(NORMALIZE)}, got {normalize!r}")
+    ctx = Context(stats, kind, torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        return {l.name: normalized(IMPORTANCES[name](l, ctx).float(), normalize) for l in layers}
+
+
+def taylor_statistic(model, layers: list[UnitLayer], batches, loss_fn, device, kind: str = "scale") -> dict:
+    """{"taylor": {layer: (U,)}}: |sum over s_u of p * dL/dp| averaged over ``batches``
+    (Molchanov et al. 2019, first-order Taylor on the scale parameters)."""
+    total = {l.name: torch.zeros(l.size, device=device) for l in layers}
+    count = 0
+    model.train()
+    for x, y in batches:
+        model.zero_grad(set_to_none=True)
+        task, _ = loss_fn(model(x.to(device)), y.to(device))
+        task.backward()
+        with torch.no_grad():
+            for l in layers:
+                for t, axis in l.params(kind):
+                    if t.grad is not None:
+                        total[l.name] += (l.rows(t, axis) * l.rows(t.grad, axis)).sum(1).abs()
+        count += 1
+    model.zero_grad(set_to_none=True)
+    return {"taylor": {n: v / max(count, 1) for n, v in total.items()}}

@@ -10,7 +10,7 @@ checked by real surgery on a copy of the model on the ``meta`` device (no memory
 """
 from __future__ import annotations
 
-import copy
+import math
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +19,6 @@ from torch import nn
 
 from jsp.constraints.units import CONVS, UnitLayer
 from jsp.errors import ConfigError
-from jsp.metrics.cost import count_macs, count_params
 
 
 @dataclass
@@ -29,7 +28,6 @@ class Target:
 
     mode: str = "threshold"
     keep: float = 1.0
-    eps: float = 0.01
 
     def __post_init__(self):
         if self.mode not in ("threshold", "params", "macs"):
@@ -38,28 +36,71 @@ class Target:
             raise ConfigError(f"the kept fraction must be in (0, 1], got {self.keep}")
 
 
-def _groups(model: nn.Module, layers: list[UnitLayer], example: torch.Tensor) -> list:
+def groups_of(model: nn.Module, layers: list[UnitLayer], example: torch.Tensor) -> tuple[list, tp.DependencyGraph]:
+    """Torch-Pruning's channel groups rooted at the unit layers' convolutions, and its graph."""
     unit_convs = {id(l.conv) for l in layers}
     ignored = [m for m in model.modules() if isinstance(m, CONVS) and id(m) not in unit_convs]
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
     return list(graph.get_all_groups(ignored_layers=ignored, root_module_types=list(CONVS))), graph
 
 
+def _spatial_sizes(model: nn.Module, example: torch.Tensor) -> dict[int, int]:
+    """{id(conv): output pixels} at the example input (for MAC costs)."""
+    sizes, handles = {}, []
+    for m in model.modules():
+        if isinstance(m, CONVS):
+            handles.append(m.register_forward_hook(
+                lambda mod, i, o: sizes.__setitem__(id(mod), o.shape[-1] * o.shape[-2])))
+    was = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was)
+    return sizes
+
+
+def _channel_cost(item, graph, pixels: dict[int, int], macs: bool) -> float:
+    """Parameters (or MACs) one channel of ``item``'s dependency carries."""
+    m = item.dep.target.module
+    if isinstance(m, CONVS):
+        out_axis = 1 if isinstance(m, nn.ConvTranspose2d) else 0
+        axis = out_axis if graph.is_out_channel_pruning_fn(item.dep.handler) else 1 - out_axis
+        n = m.weight.numel() / m.weight.shape[axis] + (m.bias is not None and axis == out_axis)
+        return n * (pixels.get(id(m), 1) if macs else 1)
+    if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine:
+        return 2.0
+    return 0.0
+
+
 class ChannelGroups:
-    """The model's channel groups with per-channel importance and switched-off flags."""
+    """The model's channel groups with per-channel importance and switched-off flags.
+
+    ``cost_aware``: "params" or "macs" divides each channel's importance by the cost its
+    removal saves (relative to the mean channel cost), so budgets favour cheap importance
+    (method.md s.4); None ranks by importance alone. ``off``: {layer: (U,) bool} switched-off
+    units (default: ``UnitLayer.off(eps)``).
+    """
 
     def __init__(self, model: nn.Module, layers: list[UnitLayer], scores: dict[str, torch.Tensor],
-                 in_channels: int, size: int, eps: float = 0.01):
+                 in_channels: int, size: int, eps: float = 0.01, cost_aware: str | None = None,
+                 off: dict[str, torch.Tensor] | None = None):
         self.example_shape = (1, in_channels, size, size)
         param = next(model.parameters())
-        groups, graph = _groups(model, layers, torch.zeros(self.example_shape, device=param.device,
-                                                           dtype=param.dtype))
+        example = torch.zeros(self.example_shape, device=param.device, dtype=param.dtype)
+        groups, graph = groups_of(model, layers, example)
+        pixels = _spatial_sizes(model, example) if cost_aware == "macs" else {}
         by_conv = {id(l.conv): l for l in layers}
-        self.sizes, self.scores, self.off = [], [], []
+        off_of = {l.name: (l.off(eps) if off is None else off[l.name]).cpu() for l in layers}
+        self.sizes, self.scores, self.off, costs = [], [], [], []
         for group in groups:
             n = len(group[0].root_idxs)
             total, count = torch.zeros(n), torch.zeros(n)
             off = torch.ones(n, dtype=torch.bool)
+            costs.append(sum(_channel_cost(item, graph, pixels, cost_aware == "macs") for item in group))
             for item in group:
                 layer = by_conv.get(id(item.dep.target.module))
                 if layer is None or not graph.is_out_channel_pruning_fn(item.dep.handler):
@@ -67,16 +108,19 @@ class ChannelGroups:
                 idx, root = torch.as_tensor(item.idxs), torch.as_tensor(item.root_idxs)
                 total[root] += scores[layer.name].cpu()[idx]
                 count[root] += 1
-                norms = layer.norms().cpu()
-                off[root] &= norms[idx] <= eps * norms.max().clamp_min(1e-12)
+                off[root] &= off_of[layer.name][idx]
             self.sizes.append(n)
             self.scores.append(total / count.clamp_min(1))
             self.off.append(off & (count > 0))
+        if cost_aware and costs:
+            mean = sum(costs) / len(costs)
+            self.scores = [s * mean / max(c, 1e-12) for s, c in zip(self.scores, costs)]
 
-    def select(self, k: int | None = None, min_channels: int = 1, round_to: int = 1) -> list[list[int]]:
+    def select(self, k: int | None = None, min_channels: int = 1, round_to: int = 1,
+               min_keep: float = 0.0) -> list[list[int]]:
         """Root channel positions to remove per group: the ``k`` globally least important
-        (``k=None``: the switched-off ones), keeping >= min_channels per group and a multiple
-        of round_to channels where possible."""
+        (``k=None``: the switched-off ones), keeping >= min_channels and >= min_keep of each
+        group's channels, and a multiple of round_to channels where possible."""
         chosen = [[] for _ in self.sizes]
         if k is None:
             for g, off in enumerate(self.off):
@@ -88,7 +132,7 @@ class ChannelGroups:
                 chosen[g].append(i)
         for g, n in enumerate(self.sizes):
             order = sorted(chosen[g], key=lambda i: float(self.scores[g][i]))
-            keep = max(n - len(order), min(min_channels, n))
+            keep = max(n - len(order), min(min_channels, n), min(n, math.ceil(min_keep * n)))
             if round_to > 1:
                 keep = min(n, -(-keep // round_to) * round_to)
             chosen[g] = sorted(order[: n - keep])
@@ -96,70 +140,6 @@ class ChannelGroups:
 
     def total(self) -> int:
         return sum(self.sizes)
-
-
-def apply(model: nn.Module, layers: list[UnitLayer], chosen: list[list[int]], example_shape) -> dict[str, list[int]]:
-    """Remove the chosen root channels of each group from ``model`` in place.
-
-    Returns {unit layer name: removed output-channel indices} so per-unit statistics can
-    follow the surgery.
-    """
-    param = next(model.parameters())
-    groups, graph = _groups(model, layers, torch.zeros(example_shape, device=param.device, dtype=param.dtype))
-    if len(groups) != len(chosen):
-        raise RuntimeError("the model's channel groups changed between planning and surgery")
-    names = {id(l.conv): l.name for l in layers}
-    removed: dict[str, list[int]] = {}
-    for group, idxs in zip(groups, chosen):
-        if not idxs:
-            continue
-        drop = set(idxs)
-        for item in group:
-            name = names.get(id(item.dep.target.module))
-            if name is not None and graph.is_out_channel_pruning_fn(item.dep.handler):
-                removed[name] = sorted(int(i) for i, r in zip(item.idxs, item.root_idxs) if int(r) in drop)
-        group.prune(idxs=idxs)
-    return removed
-
-
-def _meta_copy(model: nn.Module, layers: list[UnitLayer]) -> tuple[nn.Module, list[UnitLayer]]:
-    memo = {}
-    clone = copy.deepcopy(model, memo).to("meta")
-    mapped = [UnitLayer(l.name, memo[id(l.conv)], memo.get(id(l.bn)) if l.bn is not None else None) for l in layers]
-    return clone, mapped
-
-
-def plan(model: nn.Module, layers: list[UnitLayer], groups: ChannelGroups, target: Target,
-         full_size: tuple[int, int], min_channels: int = 1, round_to: int = 1) -> list[list[int]]:
-    """Choose the channels to remove so the pruned model meets ``target``.
-
-    For params / MACs: the largest removal whose pruned model keeps at most ``keep`` of the
-    current cost (binary search over k; each k is checked by surgery on a meta-device copy).
-    """
-    if target.mode == "threshold":
-        return groups.select(None, min_channels, round_to)
-    in_channels = groups.example_shape[1]
-
-    def cost(m):
-        return count_params(m) if target.mode == "params" else count_macs(m, in_channels, full_size)
-
-    budget = target.keep * cost(model)
-
-    def cost_after(k):
-        clone, mapped = _meta_copy(model, layers)
-        apply(clone, mapped, groups.select(k, min_channels, round_to), groups.example_shape)
-        return cost(clone)
-
-    lo, hi = 0, groups.total()  # cost_after(lo) > budget unless nothing needs removing
-    if cost_after(lo) <= budget:
-        return groups.select(0, min_channels, round_to)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if cost_after(mid) <= budget:
-            hi = mid
-        else:
-            lo = mid
-    return groups.select(hi, min_channels, round_to)
 
 
 def layer_widths(model: nn.Module) -> dict[str, int]:

@@ -7,7 +7,7 @@ remove equal fractions of what is left.
 from __future__ import annotations
 
 from jsp.errors import ConfigError
-from jsp.pruning.importance import IMPORTANCES
+from jsp.pruning.importance import NORMALIZE, check_importance
 from jsp.pruning.pruner import Target
 
 
@@ -20,6 +20,11 @@ class Schedule:
             With neither, the target is ``threshold``: remove the units switched off
             (norm <= eps * the largest norm of their layer).
         min_channels: never leave a channel group narrower than this.
+        min_keep: never keep less than this fraction of a channel group.
+        normalize: per-layer score normalisation, "max" or "rank" (method.md s.4).
+        cost_aware: rank by importance per parameter ("params") or MAC ("macs") removed;
+            None ranks by importance alone.
+        budget_on: what ``constraint.budget`` counts, "params" or "macs".
         round_to: round kept widths up to a multiple of this (1 = no rounding).
         finetune_steps: training steps after each pruning (0 = no fine-tuning).
         finetune_lr_scale: fine-tuning peak lr = trainer.lr * this.
@@ -30,11 +35,20 @@ class Schedule:
     def __init__(self, rounds: int = 1, importance: str = "jsp", keep_params: float | None = None,
                  keep_macs: float | None = None, eps: float = 0.01, min_channels: int = 2, round_to: int = 1,
                  finetune_steps: int = 300, finetune_lr_scale: float = 1.0, constraint_scale: float = 0.0,
-                 seed: int = 0):
+                 seed: int = 0, min_keep: float = 0.0, normalize: str = "max", cost_aware: str | None = None,
+                 budget_on: str = "params"):
         if rounds < 0:
             raise ConfigError(f"schedule.rounds must be >= 0, got {rounds}")
-        if importance not in IMPORTANCES:
-            raise ConfigError(f"schedule.importance must be one of {list(IMPORTANCES)}, got {importance!r}")
+        check_importance(importance)
+        if normalize not in NORMALIZE:
+            raise ConfigError(f"schedule.normalize must be one of {list(NORMALIZE)}, got {normalize!r}")
+        if cost_aware in (False, "none"):
+            cost_aware = None
+        if cost_aware not in (None, "params", "macs") or budget_on not in ("params", "macs"):
+            raise ConfigError(f"schedule.cost_aware must be null, params or macs and schedule.budget_on params or "
+                              f"macs, got {cost_aware!r}, {budget_on!r}")
+        if not 0 <= min_keep < 1:
+            raise ConfigError(f"schedule.min_keep must be in [0, 1), got {min_keep}")
         if keep_params is not None and keep_macs is not None:
             raise ConfigError("set schedule.keep_params or schedule.keep_macs, not both")
         for name, v in (("keep_params", keep_params), ("keep_macs", keep_macs)):
@@ -48,6 +62,7 @@ class Schedule:
         self.min_channels, self.round_to = min_channels, round_to
         self.finetune_steps, self.finetune_lr_scale = finetune_steps, finetune_lr_scale
         self.constraint_scale, self.seed = constraint_scale, seed
+        self.min_keep, self.normalize, self.cost_aware, self.budget_on = min_keep, normalize, cost_aware, budget_on
 
     @property
     def mode(self) -> str:
@@ -63,7 +78,7 @@ class Schedule:
         out, before = [], 1.0
         for r in range(1, self.rounds + 1):
             keep = self.keep_at(r)
-            out.append((Target(self.mode, keep / before, self.eps), keep))
+            out.append((Target(self.mode, keep / before), keep))
             before = keep
         return out
 
@@ -72,5 +87,5 @@ class Schedule:
             return {"rounds": 0}
         return {"rounds": self.rounds, "importance": self.importance, "mode": self.mode,
                 "keep_params": self.keep_params, "keep_macs": self.keep_macs, "eps": self.eps,
-                "min_channels": self.min_channels, "round_to": self.round_to,
-                "finetune_steps": self.finetune_steps}
+                "min_channels": self.min_channels, "round_to": self.round_to, "min_keep": self.min_keep,
+                "normalize": self.normalize, "cost_aware": self.cost_aware, "finetune_steps": self.finetune_steps}

@@ -1,0 +1,188 @@
+"""Removing channels: the surgery itself, folding constant units into their consumers, the
+budget search, and ``prune``, the one call that does all three (shaped like Torch-Pruning's
+``pruner.step()``).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+
+import torch
+from torch import nn
+
+from jsp.constraints.units import CONVS, UnitLayer
+from jsp.metrics.cost import count_macs, count_params
+from jsp.pruning.pruner import ChannelGroups, Target, groups_of
+
+log = logging.getLogger("jsp")
+
+
+def remove_channels(model: nn.Module, layers: list[UnitLayer], chosen: list[list[int]], example_shape,
+                    fold: bool = True) -> dict[str, list[int]]:
+    """Remove the chosen root channels of each group from ``model`` in place. With ``fold``,
+    removed units whose output is a constant (gamma_u = 0 after a normalisation) first have
+    that constant added to their consumers, so removing them changes no output (away from
+    zero-padded borders, where a consumer saw padding instead of the constant).
+
+    Returns {unit layer name: removed output-channel indices} so per-unit statistics can
+    follow the surgery.
+    """
+    param = next(model.parameters())
+    example = torch.zeros(example_shape, device=param.device, dtype=param.dtype)
+    groups, graph = groups_of(model, layers, example)
+    if len(groups) != len(chosen):
+        raise RuntimeError("the model's channel groups changed between planning and surgery")
+    names = {id(l.conv): l.name for l in layers}
+    removed: dict[str, list[int]] = {}
+    consumers: list[tuple[nn.Module, list[int]]] = []
+    for group, idxs in zip(groups, chosen):
+        drop = set(idxs)
+        for item in group:
+            keep_idx = [int(i) for i, r in zip(item.idxs, item.root_idxs) if int(r) in drop]
+            name = names.get(id(item.dep.target.module))
+            if not drop:
+                continue
+            if name is not None and graph.is_out_channel_pruning_fn(item.dep.handler):
+                removed[name] = sorted(keep_idx)
+            elif isinstance(item.dep.target.module, CONVS) and not graph.is_out_channel_pruning_fn(item.dep.handler):
+                consumers.append((item.dep.target.module, keep_idx))
+    if fold:
+        fold_constants(model, layers, removed, consumers, example)
+    for group, idxs in zip(groups, chosen):
+        if idxs:
+            group.prune(idxs=idxs)
+    return removed
+
+
+@torch.no_grad()
+def fold_constants(model: nn.Module, layers: list[UnitLayer], removed: dict[str, list[int]],
+                   consumers: list[tuple[nn.Module, list[int]]], example: torch.Tensor) -> int:
+    """Add the constant outputs of removed constant units to their consumers' biases (or
+    subtract them from the running mean of the BatchNorm after a consumer without a bias).
+    Returns the number of channels folded."""
+    const = [(l, [i for i in removed.get(l.name, []) if l.normalised and l.bn.weight[i] == 0 and l.bn.bias[i] != 0])
+             for l in layers]
+    if not any(idx for _, idx in const) or not consumers:
+        return 0
+    seen: dict[int, torch.Tensor] = {}
+    handles = [m.register_forward_hook(lambda mod, i, o: seen.__setitem__(id(mod), i[0][0, :, i[0].shape[2] // 2,
+                                                                                       i[0].shape[3] // 2].clone()))
+               for m, _ in consumers]
+    was = model.training
+    try:
+        model.eval()
+        model(example)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was)
+    bn_after = {id(l.conv): l.bn for l in layers}
+    folded = 0
+    for m, idx in consumers:
+        value = seen[id(m)][idx]                        # (k,) the consumer's constant inputs
+        nz = value != 0
+        if not nz.any():
+            continue
+        delta = _constant_response(m, torch.tensor(idx, device=value.device)[nz], value[nz])
+        if m.bias is not None:
+            m.bias += delta
+        elif bn_after.get(id(m)) is not None:
+            bn_after[id(m)].running_mean -= delta
+        else:
+            log.warning("pruning: a constant unit feeds %s, which has no bias to fold it into", type(m).__name__)
+            continue
+        folded += int(nz.sum())
+    return folded
+
+
+def _constant_response(conv: nn.Module, channels: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """(out,) what constant inputs ``values`` on input ``channels`` add to each output channel."""
+    w = conv.weight
+    if isinstance(conv, nn.ConvTranspose2d):       # (in, out/g, k, k)
+        per = w[channels].sum((2, 3)) * values[:, None]            # (k, out/g)
+        out_g = w.shape[1]
+        delta = torch.zeros(out_g * conv.groups, device=w.device, dtype=w.dtype)
+        for c, row in zip(channels.tolist(), per):
+            g = c // (w.shape[0] // conv.groups)
+            delta[g * out_g:(g + 1) * out_g] += row
+        return delta
+    in_g = w.shape[1]                                   # (out, in/g, k, k)
+    out_g = w.shape[0] // conv.groups
+    delta = torch.zeros(w.shape[0], device=w.device, dtype=w.dtype)
+    for c, v in zip(channels.tolist(), values):
+        g, j = divmod(c, in_g)
+        delta[g * out_g:(g + 1) * out_g] += w[g * out_g:(g + 1) * out_g, j].sum((1, 2)) * v
+    return delta
+
+
+def meta_copy(model: nn.Module, layers: list[UnitLayer]) -> tuple[nn.Module, list[UnitLayer]]:
+    """A copy of ``model`` on the meta device (no memory, no compute) and its unit layers."""
+    memo = {}
+    clone = copy.deepcopy(model, memo).to("meta")
+    mapped = [UnitLayer(l.name, memo[id(l.conv)], memo.get(id(l.bn)) if l.bn is not None else None) for l in layers]
+    return clone, mapped
+
+
+def model_cost(model: nn.Module, mode: str, in_channels: int, full_size: tuple[int, int]) -> int:
+    return count_params(model) if mode == "params" else count_macs(model, in_channels, full_size)
+
+
+def choose_channels(model: nn.Module, layers: list[UnitLayer], groups: ChannelGroups, target: Target,
+                    full_size: tuple[int, int], min_channels: int = 1, round_to: int = 1,
+                    min_keep: float = 0.0) -> list[list[int]]:
+    """Choose the channels to remove so the pruned model meets ``target``.
+
+    For params / MACs: the largest removal whose pruned model keeps at most ``keep`` of the
+    current cost (binary search over k; each k is checked by surgery on a meta-device copy).
+    """
+    select = lambda k: groups.select(k, min_channels, round_to, min_keep)  # noqa: E731
+    if target.mode == "threshold":
+        return select(None)
+    in_channels = groups.example_shape[1]
+    budget = target.keep * model_cost(model, target.mode, in_channels, full_size)
+
+    def cost_after(k):
+        clone, mapped = meta_copy(model, layers)
+        remove_channels(clone, mapped, select(k), groups.example_shape, fold=False)
+        return model_cost(clone, target.mode, in_channels, full_size)
+
+    lo, hi = 0, groups.total()  # cost_after(lo) > budget unless nothing needs removing
+    if cost_after(lo) <= budget:
+        return select(0)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if cost_after(mid) <= budget:
+            hi = mid
+        else:
+            lo = mid
+    return select(hi)
+
+
+def cost_if_pruned(model: nn.Module, layers: list[UnitLayer], eps: float, mode: str, in_channels: int,
+                   size: int, full_size: tuple[int, int], min_channels: int = 1,
+                   off: dict[str, torch.Tensor] | None = None) -> float:
+    """Fraction of ``model``'s cost (params or MACs) left if its switched-off units (or those
+    flagged in ``off``, {layer: (U,) bool}) were removed (what the budget controller steers)."""
+    with torch.enable_grad():  # Torch-Pruning traces the graph through autograd
+        return _cost_if_pruned(model, layers, eps, mode, in_channels, size, full_size, min_channels, off)
+
+
+def _cost_if_pruned(model, layers, eps, mode, in_channels, size, full_size, min_channels, off) -> float:
+    groups = ChannelGroups(model, layers, {l.name: torch.ones(l.size) for l in layers}, in_channels, size, eps,
+                           off=off)
+    clone, mapped = meta_copy(model, layers)
+    remove_channels(clone, mapped, groups.select(None, min_channels), groups.example_shape, fold=False)
+    return model_cost(clone, mode, in_channels, full_size) / model_cost(model, mode, in_channels, full_size)
+
+
+def prune(model: nn.Module, layers: list[UnitLayer], scores: dict[str, torch.Tensor], target: Target,
+          in_channels: int, size: int, full_size: tuple[int, int], eps: float = 0.01, min_channels: int = 1,
+          round_to: int = 1, min_keep: float = 0.0, cost_aware: str | None = None) -> dict[str, list[int]]:
+    """Rank, choose and remove channels of ``model`` in place to meet ``target``.
+
+    scores: {layer name: (U,) importance}; size: side of the square trace input.
+    Returns {unit layer name: removed output-channel indices}.
+    """
+    groups = ChannelGroups(model, layers, scores, in_channels, size, eps, cost_aware)
+    chosen = choose_channels(model, layers, groups, target, full_size, min_channels, round_to, min_keep)
+    return remove_channels(model, layers, chosen, groups.example_shape)

@@ -1,0 +1,164 @@
+"""JSP version 2 (method.md s.1-4): statistics that BatchNorm cannot fool, signed chance-corrected
+redundancy, the proximal step, constant folding, and importances that tell units apart."""
+import pytest
+import torch
+from torch import nn
+
+from jsp.constraints import GroupLasso, JSPConstraint, Slimming, find_units
+from jsp.constraints.jsp import V1
+from jsp.constraints.redundancy import layer_redundancy
+from jsp.pruning import Target, layer_scores, prune
+
+
+def conv_bn(width=6, seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(2, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+                         nn.Conv2d(width, 2, 1))
+
+
+def counted(model, constraint, x, y):
+    """(U,) g_u of the first layer after one backward pass of the task loss."""
+    model.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    return constraint.counted.grad_norms()[: constraint.layers[0].size].clone()
+
+
+@pytest.mark.parametrize("v1", [False, True], ids=["v2", "v1"])
+def test_scaling_a_filter_under_batchnorm(v1):
+    """v2's g_u is on (gamma, beta): a 0.1x filter leaves it unchanged. v1's, on W_u, grows ~10x.
+    (BatchNorm's eps, 1e-5 of the variance, is the only scale dependence; it is set to ~0 here.)"""
+    m = conv_bn()
+    m[1].eps = 1e-12
+    c = JSPConstraint(**(V1 if v1 else {})).attach(m)
+    x, y = torch.randn(8, 2, 12, 12), torch.randint(0, 2, (8, 12, 12))
+    before = counted(m, c, x, y)
+    with torch.no_grad():
+        m[0].weight[3] *= 0.1
+    after = counted(m, c, x, y)
+    if v1:
+        assert after[3] / before[3] == pytest.approx(10.0, rel=0.05)
+    else:
+        torch.testing.assert_close(after, before, rtol=1e-4, atol=0)
+
+
+def test_tau_one_puts_activity_inside_zero_one():
+    """tau = 1 (above the layer mean) discriminates: a_u spreads over (0, 1), unlike v1's tau 0.1."""
+    m = conv_bn(width=16)
+    means = {}
+    for name, settings in (("v2", {}), ("v1", V1)):
+        c = JSPConstraint(beta=0.9, **settings).attach(m)
+        for step in range(60):
+            x = torch.randn(8, 2, 12, 12)
+            counted(m, c, x, (x[:, 0] > 0).long())
+            c.observe(m, step)
+        means[name] = c.a.mean().item()
+    assert 0.2 < means["v2"] < 0.7 and means["v1"] > 0.85
+
+
+def test_prox_step_zeroes_units_exactly_and_pruning_them_changes_nothing():
+    m = conv_bn().eval()
+    with torch.no_grad():
+        m[1].running_mean.uniform_(-1, 1)
+    c = JSPConstraint(lambda_s=1.0, lambda_r=0.0).attach(m)
+    c.a[:] = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0, 1.0])  # units 1 and 3 idle: c_u = lambda_s
+    c.step(m, lr=10.0)                                      # shrink 10 / sqrt(2) > any n_u
+    assert torch.equal(m[1].weight[[1, 3]], torch.zeros(2)) and torch.equal(m[1].bias[[1, 3]], torch.zeros(2))
+    assert (m[1].weight[[0, 2, 4, 5]] == 1).all()          # a_u = 1: no pressure, untouched
+    x = torch.randn(3, 2, 12, 12)
+    before = m(x)
+    removed = prune(m, find_units(m, 2), {"0": torch.ones(6)}, Target("threshold"), 2, 12, (12, 12))
+    assert removed == {"0": [1, 3]} and m[0].out_channels == 4
+    torch.testing.assert_close(m(x), before, rtol=0, atol=1e-6)
+
+
+def test_slimming_prox_soft_thresholds_gamma_and_group_lasso_zeroes_whole_units():
+    m = conv_bn()
+    with torch.no_grad():
+        m[1].weight.copy_(torch.tensor([0.05, -0.5, 1.0, 0.2, -2.0, 0.01]))
+        m[1].bias.fill_(0.3)
+    Slimming(lam=1.0).attach(m).step(m, lr=0.1)
+    expected = torch.tensor([0.0, -0.4, 0.9, 0.1, -1.9, 0.0])
+    torch.testing.assert_close(m[1].weight.detach(), expected)
+    assert (m[1].bias == 0.3).all()                         # beta is not penalised by slimming
+    GroupLasso(lam=1e6).attach(m).step(m, lr=1.0)
+    assert all((p == 0).all() for p in (m[0].weight, m[1].weight, m[1].bias))
+
+
+def test_a_constant_unit_is_folded_into_its_consumer():
+    """gamma = 0, beta != 0: the unit's output is relu(beta) everywhere; pruning it adds that to
+    the consumer's bias, so the output is unchanged (a 1x1 consumer: no padded border)."""
+    m = conv_bn().eval()
+    with torch.no_grad():
+        m[1].weight[2] = 0.0
+        m[1].bias[2] = 0.7
+    x = torch.randn(3, 2, 12, 12)
+    before = m(x)
+    removed = prune(m, find_units(m, 2), {"0": torch.ones(6)}, Target("threshold"), 2, 12, (12, 12))
+    assert removed == {"0": [2]}
+    torch.testing.assert_close(m(x), before, rtol=0, atol=1e-6)
+
+
+def test_a_constant_unit_before_a_3x3_conv_and_batchnorm_is_folded_away_from_the_border():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
+                      nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
+                      nn.Conv2d(4, 2, 1))
+    m.train()
+    m(torch.randn(8, 2, 12, 12))
+    m.eval()
+    with torch.no_grad():
+        m[1].weight[1], m[1].bias[1] = 0.0, 0.5
+    x = torch.randn(2, 2, 12, 12)
+    before = m(x)
+    prune(m, find_units(m, 2), {l.name: torch.ones(l.size) for l in find_units(m, 2)}, Target("threshold"),
+          2, 12, (12, 12))
+    assert m[3].in_channels == 3
+    torch.testing.assert_close(m(x)[..., 1:-1, 1:-1], before[..., 1:-1, 1:-1], rtol=0, atol=1e-5)
+
+
+def _filters(rows):
+    return torch.stack(rows)
+
+
+def test_signed_redundancy():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(45, generator=g)
+    ones, norms = torch.ones(2), torch.tensor([2.0, 1.0])  # unit 0 ranks first
+    r_neg = layer_redundancy(_filters([w, -w]), ones, norms, signed=True, chance=False)
+    r_abs = layer_redundancy(_filters([w, -w]), ones, norms, signed=False, chance=False)
+    assert r_neg.tolist() == [0.0, 0.0] and r_abs[1] == pytest.approx(1.0)
+    r_dup = layer_redundancy(_filters([w, 2 * w + 0.05 * torch.randn(45, generator=g)]), ones, norms)
+    assert r_dup[0] == 0 and r_dup[1] > 0.95
+
+
+@pytest.mark.parametrize("units,dim", [(8, 9), (64, 27), (256, 144)])
+def test_chance_correction_puts_random_filters_near_zero(units, dim):
+    g = torch.Generator().manual_seed(1)
+    f = torch.randn(units, dim, generator=g)
+    a, n = torch.ones(units), torch.rand(units, generator=g)
+    raw = layer_redundancy(f, a, n, signed=True, chance=False)
+    corrected = layer_redundancy(f, a, n, signed=True, chance=True)
+    assert corrected.mean() < 0.1 < raw.mean() or units == 8 and corrected.mean() < raw.mean()
+    assert corrected.mean() < 0.1
+
+
+def test_each_importance_ranks_a_hand_built_layer():
+    """Five units built so each criterion has one clear loser (lowest score) and they differ."""
+    m = conv_bn(width=5).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        w = torch.randn(5, 2, 3, 3, generator=g)
+        w[4] = 1.5 * w[0] + 0.01 * torch.randn(2, 3, 3, generator=g)   # unit 4 duplicates unit 0
+        w[2] *= 0.05                                                 # unit 2: tiny filter, large gamma
+        m[0].weight.copy_(w)
+        m[1].weight.copy_(torch.tensor([1.0, 0.2, 2.0, 1.0, 1.0]))    # unit 1: small gamma
+        m[1].bias.zero_()
+    layers = find_units(m, 2)
+    stats = {"activity": {"0": torch.tensor([1.0, 1.0, 1.0, 0.05, 1.0])}}  # unit 3: idle
+    lowest = {name: int(layer_scores(name, layers, stats)["0"].argmin())
+              for name in ("l1_norm", "bn_scale", "gradient_count", "redundancy", "correlation", "jsp")}
+    assert lowest["l1_norm"] == 2
+    assert lowest["bn_scale"] == 1
+    assert lowest["gradient_count"] == 3
+    assert lowest["redundancy"] == 4 and lowest["correlation"] == 4
+    assert lowest["jsp"] in (3, 4)
