@@ -258,7 +258,8 @@ class Run:
             for t in range(steps - 1, -1, -1):
                 rest[t] = rest[t + 1] + lr_at(t, settings)
             forecast = lambda step: self.kept_cost(self.constraint.forecast_off(rest[step + 1]))  # noqa: E731
-            self.constraint.budget = BudgetController(self.budget, forecast, steps, self.budget_every)
+            self.constraint.budget = BudgetController(self.budget, forecast, steps, self.budget_every,
+                                                      actual=self.kept_cost)
             if resume:
                 self.constraint.load_state_dict(resume["constraint"])
         if resume:

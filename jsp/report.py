@@ -24,8 +24,8 @@ import yaml
 from jsp.stats import COLLAPSED_F1, collapsed, paired
 
 COLUMNS = ["dataset", "method", "model", "lambdas", "keep", "seed", "params", "macs", "weight_mb", "latency_ms",
-           "miou", "f1", "auc", "run"]
-QUALITY = ["params", "macs", "weight_mb", "latency_ms", "miou", "f1", "auc"]
+           "miou", "f1", "auc", "pruned_miou", "pruned_f1", "zeroed", "run"]
+QUALITY = ["params", "macs", "weight_mb", "latency_ms", "miou", "f1", "auc", "pruned_miou", "pruned_f1", "zeroed"]
 
 
 def find_runs(paths: list[str]) -> list[Path]:
@@ -52,7 +52,8 @@ def describe(run: Path) -> dict:
         method = (f"{name}+{schedule.get('importance', '?')}" if schedule.get("rounds")
                   else ("dense" if name == "none" else f"{name} (unpruned)"))
     lambdas = ",".join(f"{k}={constraint[k]:g}" for k in ("lambda_s", "lambda_r", "lambda") if k in constraint)
-    keep = schedule.get("keep_params") if schedule.get("rounds") else 1.0
+    # constraint.budget: the controller's parameter budget is the pruning target
+    keep = (schedule.get("keep_params") or constraint.get("budget")) if schedule.get("rounds") else 1.0
     keep = keep if keep is not None else ("threshold" if schedule.get("rounds") else 1.0)
     width = (cfg.get("model") or {}).get("width")  # runs of different widths are different models
     model = choices.get("model", "?") + (f"-w{width}" if width is not None else "")
@@ -60,6 +61,9 @@ def describe(run: Path) -> dict:
            "seed": cfg.get("seed", "?"), "run": str(run)}
     row.update({k: final.get(k, float("nan")) for k in QUALITY})
     row["own_dense_miou"] = stages.get("dense", {}).get("miou", float("nan"))  # before pruning
+    first = stages.get("pruned", stages.get("pruned_1", {}))  # the pruned network before fine-tuning
+    row.update(pruned_miou=first.get("miou", float("nan")), pruned_f1=first.get("f1", float("nan")),
+               zeroed=stages.get("dense", {}).get("units_off", float("nan")))  # units the constraint switched off
     return row
 
 
@@ -166,14 +170,15 @@ def write_tables(rows: list[dict], out: Path) -> None:
     for b in rank_budgets(rows):
         lines += [f"## {b['dataset']} / {b['model']} / keep {b['keep']}", "", f"**{b['verdict']}**", "",
                   "| # | method | lambdas | seeds | collapsed | params | GMACs | MB | latency ms | mIoU | F1 | AUC "
-                  "| vs dense | vs leader (paired) |",
-                  "|" + "---|" * 14]
+                  "| mIoU before FT | zeroed | vs dense | vs leader (paired) |",
+                  "|" + "---|" * 16]
         for i, e in enumerate(b["ranked"], 1):
             lead = "-" if e["vs_leader"] is None else str(e["vs_leader"])
             lines.append(f"| {i} | {e['method']} | {e['lambdas']} | {e['seeds']} | {e['collapsed']} | {_fmt(round(e['params']))} | "
                          f"{e['macs'] / 1e9:.2f} | {e['weight_mb']:.3f} | {_pm(e['latency_ms'], e['latency_ms_std'], 1, 1)} | "
                          f"{_pm(e['miou'], e['miou_std'], e['seeds'])} | {_pm(e['f1'], e['f1_std'], e['seeds'])} | "
-                         f"{_pm(e['auc'], e['auc_std'], e['seeds'])} | {e['vs_dense']:+.4f} | {lead} |".replace("+nan", "-"))
+                         f"{_pm(e['auc'], e['auc_std'], e['seeds'])} | {_pm(e['pruned_miou'], e['pruned_miou_std'], e['seeds'])} "
+                         f"| {_pm(e['zeroed'], e['zeroed_std'], 1, 2)} | {e['vs_dense']:+.4f} | {lead} |".replace("+nan", "-"))
         lines.append("")
     cols = COLUMNS[:-1]
     lines += ["# Mean +- std over seeds", "",

@@ -90,8 +90,8 @@ class Constraint:
         if units is not None and units.total:
             coefs = self.factor * self.prox_coefs()
             norms = units.norms()
+            self.log_terms(coefs, norms * units.inv_sqrt_dim)
             if coefs.any():
-                self.log_terms(coefs, norms * units.inv_sqrt_dim)
                 prox_step(units, scale * coefs, lr, norms)
         if control and self.budget is not None and step is not None:
             with torch.enable_grad():

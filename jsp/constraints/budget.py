@@ -12,9 +12,12 @@ happen, and steering it to the budget approaches the budget from above. The targ
 linearly from 1 to ``budget`` over the first ``ramp`` of training (the network learns
 before it is squeezed), then holds; the factor multiplying lambda moves by
 ``exp(gain * log(cost / target))``, at most ``max_step`` either way per check (a
-multiplicative controller: the right lambda is unknown by orders of magnitude). Whatever is
-left over at the end is closed by the pruning step removing the least important of the
-remaining units.
+multiplicative controller: the right lambda is unknown by orders of magnitude). The forecast
+can still fall short of what happens: as a unit shrinks it also counts as less active,
+which raises its own pressure. So the controller also measures ``actual()``, the cost of the
+units that are off now, and once that meets the budget it holds the factor at zero: no more
+units are pushed off. Whatever is left over at the end is closed by the pruning step
+removing the least important of the remaining units.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ class BudgetController:
     """Args:
         budget: fraction of the dense cost to keep, in (0, 1).
         cost: step -> forecast fraction of the dense cost kept (see module).
+        actual: () -> fraction of the dense cost kept by the units on now (None: not checked).
         total_steps: length of the training stage the controller runs in.
         every: check the cost every this many steps.
         ramp: fraction of training over which the target falls from 1 to ``budget``.
@@ -35,12 +39,14 @@ class BudgetController:
     """
 
     def __init__(self, budget: float, cost: Callable[[int], float], total_steps: int, every: int = 10,
-                 ramp: float = 0.5, gain: float = 1.0, max_step: float = 1.25):
+                 ramp: float = 0.5, gain: float = 1.0, max_step: float = 1.25,
+                 actual: Callable[[], float] | None = None):
         if not 0 < budget < 1:
             raise ConfigError(f"constraint.budget must be in (0, 1), got {budget}")
         if every < 1 or not 0 < ramp <= 1:
             raise ConfigError("constraint.budget_every must be >= 1 and the ramp in (0, 1]")
-        self.budget, self.cost, self.total_steps = budget, cost, total_steps
+        self.budget, self.cost, self.actual, self.total_steps = budget, cost, actual, total_steps
+        self.met = False
         self.every, self.ramp, self.gain, self.max_step = every, ramp, gain, max_step
         self.factor, self.last_cost = 1.0, 1.0
 
@@ -50,7 +56,10 @@ class BudgetController:
 
     def update(self, step: int) -> None:
         """Measure the forecast at a check step and move the factor; other steps do nothing."""
-        if step % self.every:
+        if step % self.every or self.met:
+            return
+        if self.actual is not None and self.actual() <= self.budget:
+            self.met, self.factor = True, 0.0
             return
         self.last_cost = self.cost(step)
         limit = math.log(self.max_step)
@@ -58,8 +67,9 @@ class BudgetController:
         self.factor = min(max(self.factor * math.exp(max(-limit, min(limit, error))), 1e-6), 1e9)
 
     def state_dict(self) -> dict:
-        return {"factor": self.factor, "last_cost": self.last_cost}
+        return {"factor": self.factor, "last_cost": self.last_cost, "met": float(self.met)}
 
     def load_state_dict(self, state: dict) -> None:
         self.factor = float(state.get("factor", self.factor))
         self.last_cost = float(state.get("last_cost", self.last_cost))
+        self.met = bool(state.get("met", self.met))
