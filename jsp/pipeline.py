@@ -272,8 +272,8 @@ class Run:
             log_units(self.logger, self.constraint, self.step)
             metrics = self.eval_on("val")[0]
             if self.constraint.budget is not None and tag == "train":
-                kept = self.kept_cost()  # only weights that meet the budget may be handed on
-                metrics.update(kept_cost=kept, eligible=kept <= self.budget * 1.02)
+                # Only weights whose zeroed units meet the budget may be handed on.
+                metrics.update(kept_cost=self.kept_cost(), eligible=self.constraint.budget.exact)
             return metrics
 
         def checkpoint(done: int, best: dict, best_state) -> None:

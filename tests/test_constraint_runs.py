@@ -11,7 +11,8 @@ from jsp.cli import CONF_DIR
 from jsp.pipeline import run
 from tests.conftest import REPO, TINY
 
-TERMS = {"none": [], "jsp": ["sparse", "redund"], "gradient_count": ["sparse", "redund"],
+TERMS = {"none": [], "jsp": ["sparse", "redund", "factor"], "jsp_v1": ["sparse", "redund"],
+         "gradient_count": ["sparse", "redund"],
          "redundancy": ["sparse", "redund"], "l1": ["l1"], "group_lasso": ["group"], "slimming": ["slimming"]}
 
 
@@ -39,7 +40,7 @@ def test_constraint_runs_end_to_end_and_logs_terms(name, tmp_path):
     assert {"train/loss/total", "train/loss/task", "units/off_fraction"} <= scalars
     assert any(t.startswith("units/off_fraction_layer/") for t in scalars)
     assert any(t.startswith("units/norm/") for t in histograms)
-    if name in ("jsp", "gradient_count", "redundancy"):
+    if name in ("jsp", "jsp_v1", "gradient_count", "redundancy"):
         assert any(t.startswith("units/activity/") for t in histograms)
         assert any(t.startswith("units/redundancy/") for t in histograms)
         assert set(final["constraint"]) >= {"lambda_s", "lambda_r", "tau", "beta"}
@@ -53,5 +54,5 @@ def test_readme_snippet_runs_as_written():
     exec(compile(match.group(1), "README.md", "exec"), namespace)
     jsp, model = namespace["jsp"], namespace["model"]
     assert len(jsp.statistics()["activity"]) == len(jsp.layers) > 0
-    assert float(jsp.terms["redund"]) > 0                   # the penalty was in the loss
+    assert float(jsp.terms["redund"]) > 0                   # the proximal step applied the penalty
     assert 0.0 <= jsp.unit_report()["units_off"] <= 1.0

@@ -162,3 +162,52 @@ def test_each_importance_ranks_a_hand_built_layer():
     assert lowest["gradient_count"] == 3
     assert lowest["redundancy"] == 4 and lowest["correlation"] == 4
     assert lowest["jsp"] in (3, 4)
+
+
+def test_redundancy_measured_on_feature_maps():
+    """measure=features: a unit whose post-BatchNorm map copies another's (its filter is a
+    scaled copy) is redundant; one whose map is the negative is not (signed)."""
+    m = conv_bn(width=6)
+    with torch.no_grad():
+        m[0].weight[4] = 3.0 * m[0].weight[0]    # same map after BatchNorm as unit 0
+        m[0].weight[5] = -m[0].weight[1]          # the negative map of unit 1
+    r = {}
+    for sign in ("signed", "abs"):
+        c = JSPConstraint(redund_every=2, measure="features", sign=sign).attach(m)
+        c.a[:] = torch.tensor([1.0, 1.0, 0.9, 0.9, 0.5, 0.5])  # units 4 and 5 rank below their partners
+        for step in range(3):                                 # features captured at step 1, used at 2
+            x = torch.randn(4, 2, 16, 16)
+            counted(m, c, x, (x[:, 0] > 0).long())
+            c.observe(m, step)
+        r[sign] = c.statistics()["redundancy"]["0"]
+    assert r["signed"][4] > 0.99 and r["abs"][4] > 0.99
+    # The negative map is not a copy; what is left is its chance overlap with the other maps
+    # (different filters on the same input are not independent), far below a copy's.
+    assert r["abs"][5] > 0.99 and r["signed"][5] < 0.5
+
+
+def test_a_budget_run_meets_the_budget_by_threshold_pruning_with_the_function_unchanged(tmp_path):
+    """constraint.budget: the controller zeroes units during training until the ones left on
+    cost the budget; pruning then removes zeros only, so the pruned network computes what the
+    trained one did (its saved model gives the same outputs) at no more than the budget."""
+    from hydra import compose, initialize_config_dir
+
+    from jsp.cli import CONF_DIR
+    from jsp.models.saved import load_model
+    from jsp.pipeline import run
+    from tests.conftest import TINY_SYNTHETIC
+
+    overrides = [*TINY_SYNTHETIC, "model.width=8", "model.depth=2", "trainer.steps=150", "trainer.batch_size=4",
+                 "trainer.val_every=50", "trainer.latency_reps=0", "trainer.eval_examples=0", "trainer.device=cpu",
+                 "schedule.finetune_steps=0", "constraint.budget=0.3", "constraint.lambda_s=20",
+                 "constraint.lambda_r=20"]
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    metrics = run(cfg, tmp_path)
+    dense, pruned = metrics["dense"], metrics["pruned"]
+    assert dense["units_off"] > 0.2                      # the controller switched units off in training
+    assert 0.25 < pruned["params_ratio"] <= 0.3          # at most the budget, and close to it
+    x = torch.randn(2, 3, 64, 64)
+    outputs = [load_model(tmp_path / "checkpoints" / stage, "cpu")[0].eval()(x) for stage in ("dense", "pruned")]
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=0, atol=1e-5)
+    assert metrics["pruned"]["auc"] == pytest.approx(dense["auc"], abs=1e-4)

@@ -16,8 +16,8 @@ METHODS = {  # method.md s.5: constraint during training, importance at pruning
     "dense": ("NoConstraint", 0, None), "l1_norm": ("NoConstraint", 1, "l1_norm"),
     "slimming": ("Slimming", 1, "bn_scale"), "group_lasso": ("GroupLasso", 1, "group_norm"),
     "correlation": ("NoConstraint", 1, "correlation"), "random": ("NoConstraint", 1, "random"),
-    "gradient_count": ("JSPConstraint", 1, "gradient_count"), "redundancy": ("JSPConstraint", 1, "correlation"),
-    "jsp": ("JSPConstraint", 1, "jsp"),
+    "gradient_count": ("JSPConstraint", 1, "gradient_count"), "redundancy": ("JSPConstraint", 1, "redundancy"),
+    "jsp": ("JSPConstraint", 1, "jsp"), "jsp_v1": ("JSPConstraint", 1, "jsp"), "taylor": ("NoConstraint", 1, "taylor"),
 }
 
 
@@ -33,6 +33,9 @@ def test_every_method_preset_sets_constraint_and_importance():
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(config_name="train", overrides=["method=redundancy"])
     assert cfg.constraint.lambda_s == 0 and cfg.constraint.lambda_r > 0
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        v1 = compose(config_name="train", overrides=["method=jsp_v1"]).constraint
+    assert (v1.count_on, v1.sign, v1.chance, v1.update, v1.tau) == ("filters", "abs", False, "loss", 0.1)
 
 
 @pytest.fixture(scope="module")

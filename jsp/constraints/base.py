@@ -88,6 +88,12 @@ class Constraint:
         multiplied by ``scale``), then, with ``control``, the budget controller's check."""
         units = self.prox_units() if self.update == "prox" else None
         if units is not None and units.total:
+            if self.budget is not None and self.budget.met:
+                # Budget met: hold the off units at exactly zero (the proximal step's limit,
+                # a projection, whatever the learning rate has decayed to); push no other unit.
+                units.scale_(1 - torch.cat([l.off(self.eps) for l in units.layers]).float())
+                self.budget.held += 1
+                return
             coefs = self.factor * self.prox_coefs()
             norms = units.norms()
             self.log_terms(coefs, norms * units.inv_sqrt_dim)

@@ -15,8 +15,10 @@ before it is squeezed), then holds; the factor multiplying lambda moves by
 multiplicative controller: the right lambda is unknown by orders of magnitude). The forecast
 can still fall short of what happens: as a unit shrinks it also counts as less active,
 which raises its own pressure. So the controller also measures ``actual()``, the cost of the
-units that are off now, and once that meets the budget it holds the factor at zero: no more
-units are pushed off. Whatever is left over at the end is closed by the pruning step
+units that are off now, and once that meets the budget it stops: the factor is frozen and
+the constraint presses only on the units already off, holding them at exactly zero (without
+that, the optimiser's momentum would carry them back to small non-zero values) while no other
+unit is pushed off. Whatever is left over at the end is closed by the pruning step
 removing the least important of the remaining units.
 """
 from __future__ import annotations
@@ -46,7 +48,7 @@ class BudgetController:
         if every < 1 or not 0 < ramp <= 1:
             raise ConfigError("constraint.budget_every must be >= 1 and the ramp in (0, 1]")
         self.budget, self.cost, self.actual, self.total_steps = budget, cost, actual, total_steps
-        self.met = False
+        self.met, self.held = False, 0   # budget met; proximal steps since, holding the off units
         self.every, self.ramp, self.gain, self.max_step = every, ramp, gain, max_step
         self.factor, self.last_cost = 1.0, 1.0
 
@@ -59,7 +61,7 @@ class BudgetController:
         if step % self.every or self.met:
             return
         if self.actual is not None and self.actual() <= self.budget:
-            self.met, self.factor = True, 0.0
+            self.met = True
             return
         self.last_cost = self.cost(step)
         limit = math.log(self.max_step)
@@ -67,9 +69,16 @@ class BudgetController:
         self.factor = min(max(self.factor * math.exp(max(-limit, min(limit, error))), 1e-6), 1e9)
 
     def state_dict(self) -> dict:
-        return {"factor": self.factor, "last_cost": self.last_cost, "met": float(self.met)}
+        return {"factor": self.factor, "last_cost": self.last_cost, "met": float(self.met), "held": float(self.held)}
+
+    @property
+    def exact(self) -> bool:
+        """True once the off units have been held at exactly zero for a step: pruning them now
+        changes no output."""
+        return self.met and self.held > 0
 
     def load_state_dict(self, state: dict) -> None:
         self.factor = float(state.get("factor", self.factor))
         self.last_cost = float(state.get("last_cost", self.last_cost))
         self.met = bool(state.get("met", self.met))
+        self.held = int(state.get("held", self.held))

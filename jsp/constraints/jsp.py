@@ -49,6 +49,8 @@ class JSPConstraint(Constraint):
         sign: "signed" (v2) or "abs" (v1) correlations in r_u.
         chance: correct r_u for the chance level of the layer's shape (v2).
         update: "prox" (v2: proximal step after the optimiser) or "loss" (v1: penalty in the loss).
+        measure: "weights" (r_u from the filters) or "features" (from the units' post-normalisation
+            feature maps of the training batch before each redundancy update, through hooks).
 
     Usage in any training loop::
 
@@ -62,7 +64,7 @@ class JSPConstraint(Constraint):
 
     def __init__(self, lambda_s: float = 1.0, lambda_r: float = 1.0, tau: float = 1.0, beta: float = 0.99,
                  count_every: int = 1, redund_every: int = 20, eps: float = 0.01, count_on: str = "scale",
-                 sign: str = "signed", chance: bool = True, update: str = "prox"):
+                 sign: str = "signed", chance: bool = True, update: str = "prox", measure: str = "weights"):
         super().__init__(eps=eps)
         for name, value in (("lambda_s", lambda_s), ("lambda_r", lambda_r), ("tau", tau)):
             if value < 0:
@@ -74,9 +76,12 @@ class JSPConstraint(Constraint):
         check_choice("count_on", count_on, ("scale", "filters"))
         check_choice("sign", sign, ("signed", "abs"))
         check_choice("update", update, ("prox", "loss"))
+        check_choice("measure", measure, ("weights", "features"))
         self.lambda_s, self.lambda_r, self.tau, self.beta = lambda_s, lambda_r, tau, beta
         self.count_every, self.redund_every = count_every, redund_every
         self.count_on, self.sign, self.chance, self.update = count_on, sign, bool(chance), update
+        self.measure = measure
+        self._hooks, self._features, self._capture = [], {}, False
         self.kind = "scale" if count_on == "scale" else "theta"           # n_u and the penalty
         self.count_kind = "scale" if count_on == "scale" else "filter"    # g_u
         self.units = self.counted = UnitSet([])
@@ -93,6 +98,8 @@ class JSPConstraint(Constraint):
             old.setdefault(key, {}).update(per_layer)
         self._load_budget_state(old)
         self.units, self.counted = UnitSet(self.layers, self.kind), UnitSet(self.layers, self.count_kind)
+        if self.measure == "features":
+            self._hook_features()
         dev = self.units.inv_sqrt_dim.device
         a, r = [], []
         for layer in self.layers:
@@ -114,8 +121,25 @@ class JSPConstraint(Constraint):
         record, self._record = self._record, None
         if step % self.count_every == 0:
             self.count_gradients(record)
-        if step % self.redund_every == 0:
+        if step % self.redund_every == 0 and (self.measure == "weights" or self._features):
             self.update_redundancy()
+        # features: capture the next training batch's feature maps before a redundancy update
+        self._capture = self.measure == "features" and (step + 1) % self.redund_every == 0
+
+    def _hook_features(self) -> None:
+        """Forward hooks on each layer's normalisation (or convolution) that keep its output,
+        (U, at most 4096 positions), while ``_capture`` is set and the model is training."""
+        for h in self._hooks:
+            h.remove()
+        self._features = {}
+
+        def keep(name):
+            def hook(module, inputs, output):
+                if self._capture and module.training:
+                    f = output.detach().transpose(0, 1).reshape(output.shape[1], -1)
+                    self._features[name] = f[:, :: max(1, f.shape[1] // 4096)].float()
+            return hook
+        self._hooks = [(l.bn or l.conv).register_forward_hook(keep(l.name)) for l in self.layers]
 
     @torch.no_grad()
     def count_gradients(self, record: PenaltyRecord | None) -> None:
@@ -136,14 +160,20 @@ class JSPConstraint(Constraint):
 
     @torch.no_grad()
     def update_redundancy(self) -> None:
-        """r_u from the current filters, units ranked by (a_u, n_u) (see redundancy.py)."""
+        """r_u from the current filters (or captured feature maps), units ranked by (a_u, n_u)
+        (see redundancy.py)."""
         norms = self.units.norms()
-        out = [layer_redundancy(layer.filters(), a, n, self.sign == "signed", self.chance)
+        rows = {l.name: l.filters() for l in self.layers}
+        if self.measure == "features":
+            rows.update({k: v for k, v in self._features.items() if k in rows and len(v) == len(rows[k])})
+            self._features = {}
+        out = [layer_redundancy(rows[layer.name], a, n, self.sign == "signed", self.chance)
                for layer, a, n in zip(self.layers, self.units.split(self.a), self.units.split(norms))]
         self.r = torch.cat(out) if out else self.r
 
     def refresh(self) -> None:
-        self.update_redundancy()
+        if self.measure == "weights":  # features keep the last training batch's r_u
+            self.update_redundancy()
 
     def coefficients(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(total,) each: lambda_s (1 - a_u) and lambda_r r_u, times the budget factor."""
@@ -189,4 +219,5 @@ class JSPConstraint(Constraint):
     def settings(self) -> dict:
         return {"lambda_s": self.lambda_s, "lambda_r": self.lambda_r, "tau": self.tau, "beta": self.beta,
                 "count_every": self.count_every, "redund_every": self.redund_every, "eps": self.eps,
-                "count_on": self.count_on, "sign": self.sign, "chance": self.chance, "update": self.update}
+                "count_on": self.count_on, "sign": self.sign, "chance": self.chance, "update": self.update,
+                "measure": self.measure}
