@@ -34,9 +34,10 @@ from jsp.files import RunLock, probe_writable
 from jsp.metrics import cost_report
 from jsp.models import pad_multiple
 from jsp.models.saved import layer_spec, load_model, save_model
+from jsp import stages
 from jsp.constraints.budget import BudgetController
-from jsp.pruning import Target, cost_if_pruned, layer_scores, layer_widths, prune, taylor_statistic
-from jsp.pruning.surgery import model_cost
+from jsp.metrics import count_macs, count_params
+from jsp.pruning import Target
 from jsp.registry import describe
 
 log = logging.getLogger("jsp")
@@ -94,7 +95,9 @@ class Run:
         self.budget, self.budget_every = node.pop("budget", None), node.pop("budget_every", 10)
         self.constraint = build(node)
         self.schedule = build(cfg.schedule)
+        self.control = cfg.get("control") or "none"
         check_budget(self.budget, self.schedule)
+        check_control(self.control, self.budget, self.schedule)
 
         # Data: the loader returns raw splits; "process" says how they become tensors.
         self.data_cfg = OmegaConf.to_container(cfg.dataset, resolve=True)
@@ -116,6 +119,9 @@ class Run:
         self.architecture = describe("model", self.builder)
         self.channels_last = tr.channels_last is True or (tr.channels_last == "auto" and self.device.type == "cuda")
         self.set_model(build(self.builder))
+        # Budgets and ratios are relative to the dense network this config builds.
+        self.dense_cost = {"params": count_params(self.model),
+                           "macs": count_macs(self.model, self.c_in, self.data.full_size)}
         self.loss_fn = build(tr.loss, ignore_index=self.data.ignore_index)
         self.amp = bool(tr.amp) and self.device.type == "cuda"
         self.ckpt = run_dir / "checkpoints" / "last.pt"
@@ -138,19 +144,37 @@ class Run:
         self.constraint.attach(self.model, self.c_in)
 
     def plan(self) -> list[tuple[str, callable]]:
-        """The evaluated stages in order, each with the work that produces it."""
-        tr, s = self.tr, self.schedule
-        stages = [("dense", lambda: self.train_stage(tr.steps, "train", "val", self.constraint, tr.lr, self.cfg.seed))]
+        """The evaluated stages in order, each with the work that produces it.
+
+        control=uniform: one stage, the dense architecture shrunk by one width factor to the
+        budget and trained from scratch for train + fine-tune steps. control=scratch: the
+        method's dense and pruned stages, then the pruned architecture re-initialised and
+        trained from scratch for train + fine-tune steps instead of fine-tuning."""
+        tr, s, seed = self.tr, self.schedule, self.cfg.seed
+        total = tr.steps + s.finetune_steps  # equal training: what a pruned run trains in all
+        if self.control == "uniform":
+            def work():
+                stages.uniform(self, s.targets()[0][0])
+                return self.train_stage(total, "train", "val", self.constraint, tr.lr, seed)
+            return [("uniform", work)]
+        plan = [("dense", lambda: self.train_stage(tr.steps, "train", "val", self.constraint, tr.lr, seed))]
         # With constraint.budget the budget is the target; the units the controller zeroed rank last.
         targets = [(Target(s.budget_on, self.budget), self.budget)] if self.budget else s.targets()
         for r, (target, _) in enumerate(targets, start=1):
             suffix = "" if s.rounds == 1 else f"_{r}"
-            stages.append((f"pruned{suffix}", lambda t=target, x=suffix: self.prune(t, f"prune{x}")))
-            if s.finetune_steps:
-                stages.append((f"finetuned{suffix}", lambda x=suffix, r=r: self.train_stage(
+            plan.append((f"pruned{suffix}", lambda t=target, x=suffix: stages.prune(self, t, f"prune{x}")))
+            if self.control == "scratch":
+                def scratch():
+                    stages.reinitialise(self.model)
+                    self.set_model(self.model)
+                    return self.train_stage(total, "scratch", "scratch/val", Scaled(self.constraint, 0.0), tr.lr,
+                                            seed + 1)
+                plan.append(("scratch", scratch))
+            elif s.finetune_steps:
+                plan.append((f"finetuned{suffix}", lambda x=suffix, r=r: self.train_stage(
                     s.finetune_steps, f"finetune{x}", f"finetune{x}/val", Scaled(self.constraint, s.constraint_scale),
-                    tr.lr * s.finetune_lr_scale, self.cfg.seed + r, validate_start=True)))
-        return stages
+                    tr.lr * s.finetune_lr_scale, seed + r, validate_start=True)))
+        return plan
 
     def execute(self) -> dict:
         stages = self.plan()
@@ -223,8 +247,8 @@ class Run:
         metrics.update(cost_report(self.model, self.c_in, self.data.full_size, self.tr.latency_reps))
         metrics.update(log_units(self.logger, self.constraint, self.step), constraint=self.constraint.settings(),
                        schedule=self.schedule.settings(), global_step=self.step)
-        dense = self.logger.metrics.get("dense", metrics)
-        metrics.update(params_ratio=metrics["params"] / dense["params"], macs_ratio=metrics["macs"] / dense["macs"])
+        metrics.update(params_ratio=metrics["params"] / self.dense_cost["params"],
+                       macs_ratio=metrics["macs"] / self.dense_cost["macs"])
         self.logger.scalars(prefix, metrics, self.step)
         self.logger.examples(prefix, examples, self.step)
         folder = self.run_dir / "checkpoints" / name
@@ -257,9 +281,9 @@ class Run:
             rest = [0.0] * (steps + 1)
             for t in range(steps - 1, -1, -1):
                 rest[t] = rest[t + 1] + lr_at(t, settings)
-            forecast = lambda step: self.kept_cost(self.constraint.forecast_off(rest[step + 1]))  # noqa: E731
+            forecast = lambda step: stages.kept_cost(self, self.constraint.forecast_off(rest[step + 1]))  # noqa: E731
             self.constraint.budget = BudgetController(self.budget, forecast, steps, self.budget_every,
-                                                      actual=self.kept_cost)
+                                                      actual=lambda: stages.kept_cost(self))
             if resume:
                 self.constraint.load_state_dict(resume["constraint"])
         if resume:
@@ -273,7 +297,7 @@ class Run:
             metrics = self.eval_on("val")[0]
             if self.constraint.budget is not None and tag == "train":
                 # Only weights whose zeroed units meet the budget may be handed on.
-                metrics.update(kept_cost=self.kept_cost(), eligible=self.constraint.budget.exact)
+                metrics.update(kept_cost=stages.kept_cost(self), eligible=self.constraint.budget.exact)
             return metrics
 
         def checkpoint(done: int, best: dict, best_state) -> None:
@@ -306,51 +330,6 @@ class Run:
         log.info("resume: %s continues at step %d", tag, state["step"])
         return state
 
-    def kept_cost(self, off: dict | None = None) -> float:
-        """Fraction of the current cost left if the switched-off units (or ``off``) were removed."""
-        s = self.schedule
-        return cost_if_pruned(self.model, self.constraint.layers, s.eps, s.budget_on, self.c_in,
-                              2 * pad_multiple(self.model), self.data.full_size, s.min_channels, off)
-
-    def unit_scores(self) -> dict:
-        """{layer: (U,) importance} of the current model under schedule.importance."""
-        s, layers = self.schedule, self.constraint.layers
-        self.constraint.refresh()  # redundancy on the weights being pruned (the restored best)
-        stats = self.constraint.statistics()
-        if s.importance == "taylor":
-            batches = patch_loader(self.splits["train"], self.process, 8, self.tr.batch_size, self.cfg.seed, 0,
-                                   self.device)
-            stats.update(taylor_statistic(self.model, layers, batches, self.loss_fn, self.device))
-        return layer_scores(s.importance, layers, stats, s.seed, getattr(self.constraint, "kind", "scale"),
-                            s.normalize)
-
-    def prune(self, target, tag: str) -> None:
-        """Remove channels to meet ``target``; log widths before and after. With a budget, the
-        switched-off units go first (no change of function), then, if they were not enough,
-        the least important others."""
-        s, t0 = self.schedule, time.time()
-        before = layer_widths(self.model)
-        steps = [Target("threshold"), target] if self.budget else [target]
-        for t in steps:
-            if t.mode != "threshold":
-                dense = self.logger.metrics["dense"][t.mode]
-                now = model_cost(self.model, t.mode, self.c_in, self.data.full_size)
-                if self.budget and now <= dense * self.budget:
-                    break
-                t = Target(t.mode, min(1.0, t.keep * dense / now)) if self.budget else t
-            removed = prune(self.model, self.constraint.layers, self.unit_scores(), t, self.c_in,
-                            2 * pad_multiple(self.model), self.data.full_size, s.eps, s.min_channels, s.round_to,
-                            s.min_keep, s.cost_aware)
-            self.constraint.after_surgery(self.model, removed)
-            log.info("%s: removed %d unit channels (%s importance, %s target)", tag,
-                     sum(len(c) for c in removed.values()), s.importance, t.mode)
-        after = layer_widths(self.model)
-        table = "| layer | before | after |\n|---|---|---|\n" + "\n".join(
-            f"| {n} | {before[n]} | {after.get(n, 0)} |" for n in before)
-        self.logger.writer.add_text(f"{tag}/widths", table, self.step)
-        self.logger.scalars(tag, {"surgery_s": time.time() - t0,
-                                  "channels_removed": sum(before.values()) - sum(after.values())}, self.step)
-
 
 def check_budget(budget, schedule) -> None:
     if budget is None:
@@ -360,6 +339,15 @@ def check_budget(budget, schedule) -> None:
     if schedule.rounds != 1 or schedule.mode != "threshold":
         raise ConfigError("constraint.budget needs schedule=oneshot without keep_params/keep_macs: the budget "
                           "is the pruning target")
+
+
+def check_control(control: str, budget, schedule) -> None:
+    if control not in ("none", "uniform", "scratch"):
+        raise ConfigError(f"control must be none, uniform or scratch, got {control!r}")
+    if control == "uniform" and (schedule.mode == "threshold" or schedule.rounds != 1):
+        raise ConfigError("control=uniform needs schedule=oneshot with schedule.keep_params or keep_macs (the budget)")
+    if control == "scratch" and schedule.rounds != 1:
+        raise ConfigError("control=scratch needs schedule=oneshot")
 
 
 def _choices(cfg: DictConfig) -> dict:

@@ -51,6 +51,8 @@ def describe(run: Path) -> dict:
         name = choices.get("constraint", "?")
         method = (f"{name}+{schedule.get('importance', '?')}" if schedule.get("rounds")
                   else ("dense" if name == "none" else f"{name} (unpruned)"))
+    if cfg.get("control") == "scratch" and method != "scratch":  # any method's architecture from scratch
+        method = f"scratch({method})"
     lambdas = ",".join(f"{k}={constraint[k]:g}" for k in ("lambda_s", "lambda_r", "lambda") if k in constraint)
     # constraint.budget: the controller's parameter budget is the pruning target
     keep = (schedule.get("keep_params") or constraint.get("budget")) if schedule.get("rounds") else 1.0

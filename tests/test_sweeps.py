@@ -18,6 +18,7 @@ METHODS = {  # method.md s.5: constraint during training, importance at pruning
     "correlation": ("NoConstraint", 1, "correlation"), "random": ("NoConstraint", 1, "random"),
     "gradient_count": ("JSPConstraint", 1, "gradient_count"), "redundancy": ("JSPConstraint", 1, "redundancy"),
     "jsp": ("JSPConstraint", 1, "jsp"), "jsp_v1": ("JSPConstraint", 1, "jsp"), "taylor": ("NoConstraint", 1, "taylor"),
+    "uniform": ("NoConstraint", 1, "jsp"), "scratch": ("JSPConstraint", 1, "jsp"),
 }
 
 
@@ -36,6 +37,9 @@ def test_every_method_preset_sets_constraint_and_importance():
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         v1 = compose(config_name="train", overrides=["method=jsp_v1"]).constraint
     assert (v1.count_on, v1.sign, v1.chance, v1.update, v1.tau) == ("filters", "abs", False, "loss", 0.1)
+    for control in ("uniform", "scratch"):
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            assert compose(config_name="train", overrides=[f"method={control}"]).control == control
 
 
 @pytest.fixture(scope="module")

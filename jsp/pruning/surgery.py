@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 
 import torch
 from torch import nn
@@ -186,3 +187,29 @@ def prune(model: nn.Module, layers: list[UnitLayer], scores: dict[str, torch.Ten
     groups = ChannelGroups(model, layers, scores, in_channels, size, eps, cost_aware)
     chosen = choose_channels(model, layers, groups, target, full_size, min_channels, round_to, min_keep)
     return remove_channels(model, layers, chosen, groups.example_shape)
+
+
+def shrink_uniformly(model: nn.Module, layers: list[UnitLayer], target: Target, in_channels: int, size: int,
+                     full_size: tuple[int, int], min_channels: int = 1) -> float:
+    """Keep the first ceil(f * n) channels of every group, f the largest width factor (found by
+    bisection) whose model meets ``target`` (params or MACs). Returns f."""
+    groups = ChannelGroups(model, layers, {l.name: torch.ones(l.size) for l in layers}, in_channels, size)
+    base = model_cost(model, target.mode, in_channels, full_size)
+
+    def chosen(f):
+        keep = [min(n, max(min_channels, math.ceil(f * n))) for n in groups.sizes]
+        return [list(range(k, n)) for k, n in zip(keep, groups.sizes)]
+
+    def cost(f):
+        clone, mapped = meta_copy(model, layers)
+        remove_channels(clone, mapped, chosen(f), groups.example_shape, fold=False)
+        return model_cost(clone, target.mode, in_channels, full_size) / base
+
+    lo, hi = 0.0, 1.0  # cost(lo) <= keep < cost(hi) (unless keep = 1)
+    if cost(hi) <= target.keep:
+        return 1.0
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cost(mid) <= target.keep else (lo, mid)
+    remove_channels(model, layers, chosen(lo), groups.example_shape, fold=False)
+    return lo
