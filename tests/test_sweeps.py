@@ -36,7 +36,7 @@ def test_every_method_preset_sets_constraint_and_importance():
     assert cfg.constraint.lambda_s == 0 and cfg.constraint.lambda_r > 0
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         v1 = compose(config_name="train", overrides=["method=jsp_v1"]).constraint
-    assert (v1.count_on, v1.sign, v1.chance, v1.update, v1.tau) == ("filters", "abs", False, "loss", 0.1)
+    assert (v1.count_on, v1.sign, v1.chance, v1["update"], v1.tau) == ("filters", "abs", False, "loss", 0.1)
     for control in ("uniform", "scratch"):
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
             assert compose(config_name="train", overrides=[f"method={control}"]).control == control
