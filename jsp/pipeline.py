@@ -98,6 +98,7 @@ class Run:
         self.control = cfg.get("control") or "none"
         check_budget(self.budget, self.schedule)
         check_control(self.control, self.budget, self.schedule)
+        self.constraint.min_units = self.schedule.min_channels
 
         # Data: the loader returns raw splits; "process" says how they become tensors.
         self.data_cfg = OmegaConf.to_container(cfg.dataset, resolve=True)

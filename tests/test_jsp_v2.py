@@ -60,6 +60,7 @@ def test_prox_step_zeroes_units_exactly_and_pruning_them_changes_nothing():
     with torch.no_grad():
         m[1].running_mean.uniform_(-1, 1)
     c = JSPConstraint(lambda_s=1.0, lambda_r=0.0).attach(m)
+    c.min_units = 0                                          # no unit protected
     c.a[:] = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0, 1.0])  # units 1 and 3 idle: c_u = lambda_s
     c.step(m, lr=10.0)                                      # shrink 10 / sqrt(2) > any n_u
     assert torch.equal(m[1].weight[[1, 3]], torch.zeros(2)) and torch.equal(m[1].bias[[1, 3]], torch.zeros(2))
@@ -76,11 +77,17 @@ def test_slimming_prox_soft_thresholds_gamma_and_group_lasso_zeroes_whole_units(
     with torch.no_grad():
         m[1].weight.copy_(torch.tensor([0.05, -0.5, 1.0, 0.2, -2.0, 0.01]))
         m[1].bias.fill_(0.3)
-    Slimming(lam=1.0).attach(m).step(m, lr=0.1)
+    slim = Slimming(lam=1.0).attach(m)
+    slim.min_units = 0
+    slim.step(m, lr=0.1)
     expected = torch.tensor([0.0, -0.4, 0.9, 0.1, -1.9, 0.0])
     torch.testing.assert_close(m[1].weight.detach(), expected)
     assert (m[1].bias == 0.3).all()                         # beta is not penalised by slimming
-    GroupLasso(lam=1e6).attach(m).step(m, lr=1.0)
+    lasso = GroupLasso(lam=1e6).attach(m)
+    lasso.step(m, lr=1.0)                                   # min_units = 2: the two largest survive
+    assert m[1].weight.nonzero().flatten().tolist() == [2, 4]
+    lasso.min_units = 0
+    lasso.step(m, lr=1.0)
     assert all((p == 0).all() for p in (m[0].weight, m[1].weight, m[1].bias))
 
 

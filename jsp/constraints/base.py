@@ -36,6 +36,9 @@ class Constraint:
         self.layers: list[UnitLayer] = []
         #: set by the pipeline for constraint.budget runs; scales the penalty (see budget.py).
         self.budget: BudgetController | None = None
+        #: the proximal step never pushes a layer's this-many largest units (as pruning keeps
+        #: schedule.min_channels): a layer shrunk to nothing cuts the network.
+        self.min_units = 2
         #: weighted terms of the last penalty, for logging (e.g. {"sparse": tensor(0.1)}).
         self.terms: dict[str, torch.Tensor | float] = {}
 
@@ -94,14 +97,24 @@ class Constraint:
                 units.scale_(1 - torch.cat([l.off(self.eps) for l in units.layers]).float())
                 self.budget.held += 1
                 return
-            coefs = self.factor * self.prox_coefs()
             norms = units.norms()
+            coefs = self.factor * self.prox_coefs() * self.unprotected(units, norms)
             self.log_terms(coefs, norms * units.inv_sqrt_dim)
             if coefs.any():
                 prox_step(units, scale * coefs, lr, norms)
         if control and self.budget is not None and step is not None:
             with torch.enable_grad():
                 self.budget.update(step)
+
+    def unprotected(self, units: UnitSet, norms: torch.Tensor) -> torch.Tensor:
+        """(total,) 0 for each layer's ``min_units`` largest units, 1 elsewhere."""
+        mask = torch.ones_like(norms)
+        start = 0
+        for n in units.split(norms):
+            k = min(self.min_units, len(n))
+            mask[start + n.topk(k).indices] = 0
+            start += len(n)
+        return mask
 
     def log_terms(self, coefs: torch.Tensor, n: torch.Tensor) -> None:
         """Record the weighted penalty terms of a proximal step for logging."""
@@ -118,8 +131,9 @@ class Constraint:
         out = {l.name: l.off(self.eps) for l in self.layers}
         if units is None or not units.total:
             return out
-        reach = horizon * self.factor * self.prox_coefs() * units.inv_sqrt_dim
-        for layer, soon in zip(units.layers, units.split(units.norms() <= reach)):
+        norms = units.norms()
+        reach = horizon * self.factor * self.prox_coefs() * units.inv_sqrt_dim * self.unprotected(units, norms)
+        for layer, soon in zip(units.layers, units.split(norms <= reach)):
             out[layer.name] = out[layer.name] | soon
         return out
 
