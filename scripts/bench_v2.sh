@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# JSP v2 against v1 and against slimming and group lasso under the same update rule (a proximal
-# step and the budget controller), at 10 % and 1 % of the parameters, on DRIVE (issue: JSP v2).
+# JSP v2 against v1, against slimming and group lasso under the same update rule (a proximal
+# step and the budget controller), and against the two controls (uniform, scratch), at 10 %
+# and 1 % of the parameters, on DRIVE.
 #
 #   scripts/bench_v2.sh ../shared/data/DRIVE [OUT] [SEEDS] [WIDTH]   # CPU tier: UNet width 16, seeds 0,1,2
 #
@@ -16,8 +17,13 @@ out=${2:-outputs/bench_v2}
 seeds=${3:-0,1,2}
 width=${4:-16}
 common=(experiment=bench_cpu dataset.root="$root" model=unet model.width=$width seed=$seeds)
-jsp-train -m "${common[@]}" method=jsp constraint.budget=0.1,0.01 hydra.sweep.dir="$out/jsp"
+cache=(dense_cache="$out/dense_cache")  # jsp's trained network is the one scratch prunes
+jsp-train -m "${common[@]}" "${cache[@]}" method=jsp constraint.budget=0.1,0.01 hydra.sweep.dir="$out/jsp"
 jsp-train -m "${common[@]}" method=jsp_v1 schedule.keep_params=0.1,0.01 hydra.sweep.dir="$out/jsp_v1"
+# The controls: a uniformly narrower UNet, and jsp's pruned architecture, each trained from
+# scratch for 800 + 400 steps.
+jsp-train -m "${common[@]}" method=uniform schedule.keep_params=0.1,0.01 hydra.sweep.dir="$out/uniform"
+jsp-train -m "${common[@]}" "${cache[@]}" method=scratch constraint.budget=0.1,0.01 hydra.sweep.dir="$out/scratch"
 for method in slimming group_lasso; do
   jsp-train -m "${common[@]}" method=$method constraint.budget=0.1,0.01 hydra.sweep.dir="$out/$method"
 done
