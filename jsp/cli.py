@@ -15,6 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from jsp import configs  # noqa: F401  (registers the typed schemas before any compose)
 from jsp.errors import JSPError
 
 def _conf_dir() -> str:
@@ -106,5 +107,57 @@ def _guarded(fn, *args):
         sys.exit(2)
 
 
+def config_error_line(e: BaseException) -> str:
+    """One line for a config Hydra could not compose: its message, the cause's first line, and
+    the nearest known key for a misspelt trainer/schedule/process setting."""
+    from dataclasses import fields
+    from difflib import get_close_matches
+
+    first = str(e).strip().splitlines()[0].rstrip(".")
+    cause = e.__cause__
+    line = first + (f": {str(cause).strip().splitlines()[0]}" if cause is not None else "")
+    key = getattr(cause, "full_key", "") or ""
+    group, _, name = key.rpartition(".")
+    schema = {"trainer": configs.TrainerConfig, "schedule": configs.ScheduleConfig,
+              "dataset.process": configs.ProcessConfig}.get(group)
+    if "Available options" in str(e):  # a config group option that does not exist
+        listed = str(e).split("Available options", 1)[1].split("Config search path")[0]
+        options = [o.strip() for o in listed.splitlines()[1:] if o.strip()]
+        line += f" (options: {', '.join(options)})"
+    if schema is not None and "not in" in line:
+        close = get_close_matches(name, [f.name for f in fields(schema)], n=1)
+        line += f" (did you mean {group}.{close[0]}?)" if close else ""
+    return line
+
+
+def _one_line_config_errors() -> None:
+    """Make Hydra's report of a config it cannot compose one line and exit 2 (JSP_DEBUG=1 or
+    HYDRA_FULL_ERROR=1 keep Hydra's own report). Hydra runs each phase through
+    ``hydra._internal.utils.run_and_report`` (pinned: hydra-core < 1.4); we wrap it."""
+    from hydra._internal import utils as hydra_utils
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    original = getattr(hydra_utils, "run_and_report", None)
+    if original is None or getattr(original, "_jsp", False):
+        return
+
+    def run_and_report(func):
+        def guarded():
+            try:
+                return func()
+            except (HydraException, OmegaConfBaseException) as e:
+                if os.environ.get("JSP_DEBUG") or os.environ.get("HYDRA_FULL_ERROR") == "1":
+                    raise
+                print(f"jsp: config error: {config_error_line(e)}", file=sys.stderr)
+                sys.exit(2)
+        return original(guarded)
+
+    run_and_report._jsp = True
+    hydra_utils.run_and_report = run_and_report
+
+
+_one_line_config_errors()
+
 if __name__ == "__main__":
-    {"eval": eval_main, "export": export_main}.get(os.environ.get("JSP_ENTRY", ""), train_main)()
+    train_main()

@@ -51,12 +51,17 @@ def drive_root(tmp_path: Path) -> Path:
     return write_drive(tmp_path / "DRIVE")
 
 
+def cli(entry: str = "train") -> list[str]:
+    """The command line of ``jsp-train`` (or ``jsp-eval`` / ``jsp-export``) in this interpreter,
+    whether or not the console scripts are on PATH."""
+    return [sys.executable, "-c", f"from jsp.cli import {entry}_main; {entry}_main()"]
+
+
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300, entry: str = "train") -> subprocess.CompletedProcess:
     """Run ``jsp-train`` (or ``jsp-eval`` / ``jsp-export`` with entry=) in a fresh process, from ``cwd``."""
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "JSP_ENTRY": entry}
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
     env.pop("JSP_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "jsp.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([*cli(entry), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def _fundus(rng, h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO, TINY, run_cli
+from tests.conftest import REPO, TINY, cli, run_cli
 from tests.test_robustness import LONG, assert_clean_failure, comparable, uninterrupted  # noqa: F401
 
 
 def start_and_signal(run_dir: Path, sig: int, stage: str = "train") -> subprocess.CompletedProcess:
     """Start the LONG run, send ``sig`` once ``stage`` has a mid-stage checkpoint, wait for the exit."""
-    env = {**os.environ, "JSP_ENTRY": "train"}
-    proc = subprocess.Popen([sys.executable, "-m", "jsp.cli", *LONG, f"hydra.run.dir={run_dir}"], env=env,
+    env = dict(os.environ)
+    proc = subprocess.Popen([*cli(), *LONG, f"hydra.run.dir={run_dir}"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     ckpt, deadline = run_dir / "checkpoints" / "last.pt", time.time() + 240
     while time.time() < deadline and proc.poll() is None:
@@ -71,8 +71,8 @@ def test_submitit_requeues_a_preempted_sweep_job_which_finishes_like_an_uninterr
     signal) mid-training -> last.pt, submitit requeues the job, the requeued job resumes."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     sweep = tmp_path / "sweep"
-    env = {**os.environ, "JSP_ENTRY": "train"}
-    proc = subprocess.Popen([sys.executable, "-m", "jsp.cli", "-m", "hydra/launcher=submitit_local", *LONG,
+    env = dict(os.environ)
+    proc = subprocess.Popen([*cli(), "-m", "hydra/launcher=submitit_local", *LONG,
                              f"hydra.sweep.dir={sweep}"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     ckpt, deadline = sweep / "0" / "checkpoints" / "last.pt", time.time() + 240

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import TINY, TINY_TRAIN, run_cli, write_drive, write_folder
+from tests.conftest import TINY, TINY_TRAIN, cli, run_cli, write_drive, write_folder
 
 WALL_CLOCK = ("time_s", "latency_ms")
 
@@ -59,6 +59,11 @@ BAD_CONFIG = {
     "no steps": (["trainer.steps=0"], ["trainer.steps must be a positive number"]),
     "patch larger than images": (["dataset.process.patch_size=512"], ["patch_size=512 is larger than"]),
     "unknown importance": (["schedule.importance=magic"], ["schedule.importance must be one of"]),
+    # caught when Hydra composes the config (typed schemas, jsp/configs.py): one line, exit 2
+    "misspelt trainer key": (["trainer.stesp=10"], ["trainer.stesp", "did you mean trainer.steps?"]),
+    "trainer.lr not a number": (["trainer.lr=abc"], ["trainer.lr=abc", "could not be converted to Float"]),
+    "keep_params not a number": (["schedule.keep_params=abc"], ["schedule.keep_params=abc"]),
+    "unknown model": (["model=resnet"], ["Could not find 'model/resnet'", "options: mobilenetv3"]),
 }
 
 
@@ -68,6 +73,8 @@ def assert_clean_failure(out, expected):
     for piece in expected:
         assert piece in text, (piece, text[-2000:])
     assert "Traceback" not in text
+    if "config error" in text:  # a compose-time error is exactly one line
+        assert len(text.strip().splitlines()) == 1, text
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUT))
@@ -86,8 +93,8 @@ def test_bad_config_is_caught_before_any_work(case, tmp_path):
 
 
 def test_debug_switch_shows_the_traceback(tmp_path):
-    env = {**os.environ, "JSP_DEBUG": "1", "JSP_ENTRY": "train"}
-    out = subprocess.run([sys.executable, "-m", "jsp.cli", *TINY, "trainer.steps=0",
+    env = {**os.environ, "JSP_DEBUG": "1"}
+    out = subprocess.run([*cli(), *TINY, "trainer.steps=0",
                           f"hydra.run.dir={tmp_path / 'run'}"], env=env, capture_output=True, text=True)
     assert out.returncode != 0 and "ConfigError" in out.stdout + out.stderr
 
@@ -146,8 +153,8 @@ def uninterrupted(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("stage", ["train", "finetune"])
 def test_killed_run_resumes_to_the_same_metrics(stage, uninterrupted, tmp_path):
     run_dir = tmp_path / "run"
-    env = {**os.environ, "JSP_ENTRY": "train"}
-    proc = subprocess.Popen([sys.executable, "-m", "jsp.cli", *LONG, f"hydra.run.dir={run_dir}"], env=env,
+    env = dict(os.environ)
+    proc = subprocess.Popen([*cli(), *LONG, f"hydra.run.dir={run_dir}"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt = run_dir / "checkpoints" / "last.pt"
     deadline = time.time() + 240
