@@ -50,7 +50,7 @@ def train_main(cfg: DictConfig) -> float:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
 def eval_main(cfg: DictConfig) -> float:
     """Evaluate a saved model (dense or pruned) on a test split."""
-    from jsp.tools import evaluate_saved
+    from jsp.saved_runs import evaluate_saved
 
     result = _guarded(evaluate_saved, cfg, Path(HydraConfig.get().runtime.output_dir))
     return result["metrics"]["miou"]
@@ -59,7 +59,7 @@ def eval_main(cfg: DictConfig) -> float:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="export")
 def export_main(cfg: DictConfig) -> None:
     """Export a saved model to TorchScript and ONNX."""
-    from jsp.tools import export_saved
+    from jsp.saved_runs import export_saved
 
     _guarded(export_saved, cfg)
 

@@ -41,7 +41,6 @@ class ScheduleConfig:
     importance: str = "jsp"
     keep_params: Optional[float] = None
     keep_macs: Optional[float] = None
-    eps: float = 0.01
     min_channels: int = 2
     min_keep: float = 0.0
     normalize: str = "max"

@@ -1,6 +1,7 @@
 """The stages of a jsp run: train -> evaluate -> (prune -> evaluate -> fine-tune -> evaluate)*.
 
-This is the only module that reads the Hydra config; everything it calls takes plain values.
+This module and jsp/saved_runs.py (jsp-eval, jsp-export) are the only ones that read a Hydra
+config; everything they call takes plain values.
 Every evaluated stage is saved (checkpoints/STAGE/ and metrics.json), and training stages
 write checkpoints/last.pt every ``trainer.checkpoint_every`` steps, so ``resume=true`` skips
 finished stages and continues an interrupted one where it stopped.
@@ -26,7 +27,7 @@ from jsp.engine.evaluate import evaluate
 from jsp.engine.logger import RunLogger, flatten, log_units, summary_table
 from jsp.engine.resume import clear_preempted, load_constraint_stats, mark_preempted, restore_weights, resuming, \
     save_constraint_stats
-from jsp.engine.setup import patch_loader, resolve_device, seed_everything
+from jsp.engine.runtime import patch_loader, resolve_device, seed_everything
 from jsp.engine.train import LoopSettings, lr_at, train_loop
 from jsp.data.io import set_max_pixels
 from jsp.errors import ConfigError, JSPError
@@ -91,9 +92,8 @@ class Run:
         # Everything a config can get wrong is checked before data is read or a step is run.
         self.device = resolve_device(tr.device)
         check_trainer(tr)
-        node = OmegaConf.to_container(cfg.constraint, resolve=True)
-        self.budget, self.budget_every = node.pop("budget", None), node.pop("budget_every", 10)
-        self.constraint = build(node)
+        self.constraint = build(cfg.constraint)
+        self.budget = self.constraint.budget
         self.schedule = build(cfg.schedule)
         self.control = cfg.get("control") or "none"
         check_budget(self.budget, self.schedule)
@@ -283,8 +283,8 @@ class Run:
             for t in range(steps - 1, -1, -1):
                 rest[t] = rest[t + 1] + lr_at(t, settings)
             forecast = lambda step: stages.kept_cost(self, self.constraint.forecast_off(rest[step + 1]))  # noqa: E731
-            self.constraint.budget = BudgetController(self.budget, forecast, steps, self.budget_every,
-                                                      actual=lambda: stages.kept_cost(self))
+            self.constraint.controller = BudgetController(self.budget, forecast, steps, self.constraint.budget_every,
+                                                          actual=lambda: stages.kept_cost(self))
             if resume:
                 self.constraint.load_state_dict(resume["constraint"])
         if resume:
@@ -296,9 +296,9 @@ class Run:
             self.step = step
             log_units(self.logger, self.constraint, self.step)
             metrics = self.eval_on("val")[0]
-            if self.constraint.budget is not None and tag == "train":
+            if self.constraint.controller is not None and tag == "train":
                 # Only weights whose zeroed units meet the budget may be handed on.
-                metrics.update(kept_cost=stages.kept_cost(self), eligible=self.constraint.budget.exact)
+                metrics.update(kept_cost=stages.kept_cost(self), eligible=self.constraint.controller.exact)
             return metrics
 
         def checkpoint(done: int, best: dict, best_state) -> None:
@@ -335,8 +335,6 @@ class Run:
 def check_budget(budget, schedule) -> None:
     if budget is None:
         return
-    if not 0 < budget < 1:
-        raise ConfigError(f"constraint.budget must be a fraction in (0, 1), got {budget}")
     if schedule.rounds != 1 or schedule.mode != "threshold":
         raise ConfigError("constraint.budget needs schedule=oneshot without keep_params/keep_macs: the budget "
                           "is the pruning target")

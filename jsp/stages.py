@@ -14,7 +14,7 @@ import time
 import torch
 from torch import nn
 
-from jsp.engine.setup import patch_loader
+from jsp.engine.runtime import patch_loader
 from jsp.models import pad_multiple
 from jsp.pruning import Target, cost_if_pruned, layer_scores, layer_widths, prune as prune_model, taylor_statistic
 from jsp.pruning.surgery import model_cost, shrink_uniformly
@@ -25,7 +25,7 @@ log = logging.getLogger("jsp")
 def kept_cost(run, off: dict | None = None) -> float:
     """Fraction of the current cost left if the switched-off units (or ``off``) were removed."""
     s = run.schedule
-    return cost_if_pruned(run.model, run.constraint.layers, s.eps, s.budget_on, run.c_in, 2 * pad_multiple(run.model),
+    return cost_if_pruned(run.model, run.constraint.layers, run.constraint.eps, s.budget_on, run.c_in, 2 * pad_multiple(run.model),
                           run.data.full_size, s.min_channels, off)
 
 
@@ -53,7 +53,7 @@ def prune(run, target: Target, tag: str) -> None:
                 break
             t = Target(t.mode, min(1.0, t.keep * dense / now))
         removed = prune_model(run.model, run.constraint.layers, unit_scores(run), t, run.c_in,
-                              2 * pad_multiple(run.model), run.data.full_size, s.eps, s.min_channels, s.round_to,
+                              2 * pad_multiple(run.model), run.data.full_size, run.constraint.eps, s.min_channels, s.round_to,
                               s.min_keep, s.cost_aware)
         run.constraint.after_surgery(run.model, removed)
         log.info("%s: removed %d unit channels (%s importance, %s target)", tag,

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from jsp.constraints import JSPConstraint, NoConstraint
+from jsp.constraints import Constraint, JSPConstraint
 from jsp.data import PatchDataset, make_synthetic, prepare
 from jsp.engine.losses import CEDiceLoss
 from jsp.engine.train import train_step
@@ -44,7 +44,7 @@ def main() -> None:
 
     base = UNet(3, 2, args.width, args.depth).to(device)
     runs = {}
-    for name, constraint in (("none", NoConstraint()), ("jsp", JSPConstraint())):
+    for name, constraint in (("none", Constraint()), ("jsp", JSPConstraint())):
         model = copy.deepcopy(base)
         runs[name] = dict(model=model, constraint=constraint.attach(model),
                           opt=torch.optim.AdamW(model.parameters(), 1e-3),

@@ -17,7 +17,7 @@ import torch
 from jsp.constraints import JSPConstraint
 from jsp.data import load_drive, make_synthetic, prepare
 from jsp.engine.losses import CEDiceLoss
-from jsp.engine.setup import patch_loader
+from jsp.engine.runtime import patch_loader
 from jsp.engine.train import train_step
 from jsp.models import UNet
 

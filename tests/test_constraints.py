@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from jsp.constraints import L1, GroupLasso, JSPConstraint, NoConstraint, Slimming, find_units
+from jsp.constraints import L1, Constraint, GroupLasso, JSPConstraint, Slimming, find_units
 from jsp.constraints.jsp import V1
 from jsp.constraints.group import UnitSet, weighted_group_norm
 from jsp.engine.losses import CEDiceLoss
@@ -160,7 +160,7 @@ def test_zero_lambdas_train_bit_identically_to_no_constraint():
     base = UNet(3, 2, width=4, depth=2)
     batches = [(torch.randn(2, 3, 16, 16), torch.randint(0, 2, (2, 16, 16))) for _ in range(15)]
     finals = []
-    for constraint in (NoConstraint(), JSPConstraint(lambda_s=0.0, lambda_r=0.0, redund_every=3)):
+    for constraint in (Constraint(), JSPConstraint(lambda_s=0.0, lambda_r=0.0, redund_every=3)):
         m = copy.deepcopy(base)
         constraint.attach(m)
         opt = torch.optim.AdamW(m.parameters(), 1e-2)
@@ -236,7 +236,7 @@ def test_bad_settings_are_config_errors():
 
 def test_unit_report_counts_zeroed_units():
     m = toy()
-    c = NoConstraint(eps=0.01).attach(m)
+    c = Constraint(eps=0.01).attach(m)
     with torch.no_grad():
         m[0].weight[2] = 0
         m[1].weight[2] = 0

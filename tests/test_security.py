@@ -175,7 +175,7 @@ def composed(name: str, *overrides: str):
 @pytest.mark.parametrize("case", list(CASES))
 def test_eval_and_export_refuse_every_hostile_model_with_one_line_and_exit_2(case, hostile_models, tmp_path, caplog):
     from jsp.cli import _guarded
-    from jsp.tools import evaluate_saved, export_saved
+    from jsp.saved_runs import evaluate_saved, export_saved
 
     folder, marker = hostile_models[case]
     before = files_under(folder.parent)
@@ -262,7 +262,7 @@ def test_importing_jsp_opens_no_connection():
             raise OSError("no network in this test")
         socket.socket.connect = refuse
         socket.create_connection = lambda address, *a, **k: refuse(None, address)
-        import jsp.data, jsp.pipeline, jsp.tools  # everything a run imports
+        import jsp.data, jsp.pipeline, jsp.saved_runs  # everything a run imports
         print("TRIED", tried)
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)

@@ -13,12 +13,12 @@ from jsp.report import main as report_main, rank_budgets
 from tests.conftest import TINY, run_cli
 
 METHODS = {  # method.md s.5: constraint during training, importance at pruning
-    "dense": ("NoConstraint", 0, None), "l1_norm": ("NoConstraint", 1, "l1_norm"),
+    "dense": (".Constraint", 0, None), "l1_norm": (".Constraint", 1, "l1_norm"),
     "slimming": ("Slimming", 1, "bn_scale"), "group_lasso": ("GroupLasso", 1, "group_norm"),
-    "correlation": ("NoConstraint", 1, "correlation"), "random": ("NoConstraint", 1, "random"),
+    "correlation": (".Constraint", 1, "correlation"), "random": (".Constraint", 1, "random"),
     "gradient_count": ("JSPConstraint", 1, "gradient_count"), "redundancy": ("JSPConstraint", 1, "redundancy"),
-    "jsp": ("JSPConstraint", 1, "jsp"), "jsp_v1": ("JSPConstraint", 1, "jsp"), "taylor": ("NoConstraint", 1, "taylor"),
-    "uniform": ("NoConstraint", 1, "jsp"), "scratch": ("JSPConstraint", 1, "jsp"),
+    "jsp": ("JSPConstraint", 1, "jsp"), "jsp_v1": ("JSPConstraint", 1, "jsp"), "taylor": (".Constraint", 1, "taylor"),
+    "uniform": (".Constraint", 1, "jsp"), "scratch": ("JSPConstraint", 1, "jsp"),
 }
 
 

@@ -29,13 +29,20 @@ class Constraint:
     switched off (norm <= eps times the largest of its layer), whatever trained it.
     """
 
-    def __init__(self, eps: float = 0.01):
+    def __init__(self, eps: float = 0.01, budget: float | None = None, budget_every: int = 10):
         if not 0 <= eps < 1:
             raise ConfigError(f"constraint.eps must be in [0, 1), got {eps}")
+        if budget is not None and not 0 < budget < 1:
+            raise ConfigError(f"constraint.budget must be a fraction in (0, 1), got {budget}")
+        if budget_every < 1:
+            raise ConfigError(f"constraint.budget_every must be >= 1, got {budget_every}")
         self.eps = eps
+        #: fraction of the dense cost the constraint should reach by itself (None: no budget);
+        #: the pipeline gives it a BudgetController (``controller``) for the training stage.
+        self.budget, self.budget_every = budget, budget_every
         self.layers: list[UnitLayer] = []
         #: set by the pipeline for constraint.budget runs; scales the penalty (see budget.py).
-        self.budget: BudgetController | None = None
+        self.controller: BudgetController | None = None
         #: the proximal step never pushes a layer's this-many largest units (as pruning keeps
         #: schedule.min_channels): a layer shrunk to nothing cuts the network.
         self.min_units = 2
@@ -91,20 +98,20 @@ class Constraint:
         multiplied by ``scale``), then, with ``control``, the budget controller's check."""
         units = self.prox_units() if self.update == "prox" else None
         if units is not None and units.total:
-            if self.budget is not None and self.budget.met:
+            if self.controller is not None and self.controller.met:
                 # Budget met: hold the off units at exactly zero (the proximal step's limit,
                 # a projection, whatever the learning rate has decayed to); push no other unit.
                 units.scale_(1 - torch.cat([l.off(self.eps) for l in units.layers]).float())
-                self.budget.held += 1
+                self.controller.held += 1
                 return
             norms = units.norms()
             coefs = self.factor * self.prox_coefs() * self.unprotected(units, norms)
             self.log_terms(coefs, norms * units.inv_sqrt_dim)
             if coefs.any():
                 prox_step(units, scale * coefs, lr, norms)
-        if control and self.budget is not None and step is not None:
+        if control and self.controller is not None and step is not None:
             with torch.enable_grad():
-                self.budget.update(step)
+                self.controller.update(step)
 
     def unprotected(self, units: UnitSet, norms: torch.Tensor) -> torch.Tensor:
         """(total,) 0 for each layer's ``min_units`` largest units, 1 elsewhere."""
@@ -119,7 +126,7 @@ class Constraint:
     def log_terms(self, coefs: torch.Tensor, n: torch.Tensor) -> None:
         """Record the weighted penalty terms of a proximal step for logging."""
         self.terms = {"penalty": (coefs * n).sum(), "factor": self.factor,
-                      **({"kept_cost": self.budget.last_cost} if self.budget else {})}
+                      **({"kept_cost": self.controller.last_cost} if self.controller else {})}
 
     @torch.no_grad()
     def forecast_off(self, horizon: float) -> dict[str, torch.Tensor]:
@@ -140,7 +147,7 @@ class Constraint:
     @property
     def factor(self) -> float:
         """The budget controller's multiplier of lambda (1 without a budget)."""
-        return 1.0 if self.budget is None else self.budget.factor
+        return 1.0 if self.controller is None else self.controller.factor
 
     def refresh(self) -> None:
         """Recompute weight-derived statistics on the current weights (before pruning)."""
@@ -162,19 +169,15 @@ class Constraint:
         self._load_budget_state(state)
 
     def _budget_state(self) -> dict:
-        return {} if self.budget is None else {"budget": {k: torch.tensor([v]) for k, v in self.budget.state_dict().items()}}
+        return {} if self.controller is None else {"budget": {k: torch.tensor([v]) for k, v in self.controller.state_dict().items()}}
 
     def _load_budget_state(self, state: dict) -> None:
-        if self.budget is not None and "budget" in state:
-            self.budget.load_state_dict({k: float(v.reshape(-1)[0]) for k, v in state["budget"].items()})
+        if self.controller is not None and "budget" in state:
+            self.controller.load_state_dict({k: float(v.reshape(-1)[0]) for k, v in state["budget"].items()})
 
     def settings(self) -> dict:
         """Hyper-parameters, recorded in metrics.json and the TensorBoard hparams."""
         return {"eps": self.eps}
-
-
-class NoConstraint(Constraint):
-    """Plain training."""
 
 
 class Scaled(Constraint):

@@ -26,7 +26,8 @@ class SingleTerm(Constraint):
     term = "penalty"
     kind: str | None = None   # the unit group a proximal step shrinks (None: no prox form)
 
-    def __init__(self, lam: float = 0.0, eps: float = 0.01, update: str | None = None, **kwargs):
+    def __init__(self, lam: float = 0.0, eps: float = 0.01, update: str | None = None, budget: float | None = None,
+                 budget_every: int = 10, **kwargs):
         lam = kwargs.pop("lambda", lam)  # "lambda" is a Python keyword but the natural YAML key
         if kwargs:
             raise ConfigError(f"unknown constraint settings {sorted(kwargs)} for {type(self).__name__}")
@@ -37,7 +38,7 @@ class SingleTerm(Constraint):
         if update not in allowed:
             raise ConfigError(f"constraint.update must be one of {list(allowed)} for {type(self).__name__}, "
                               f"got {update!r}")
-        super().__init__(eps=eps)
+        super().__init__(eps=eps, budget=budget, budget_every=budget_every)
         self.lam, self.update = float(lam), update
         self._units: UnitSet | None = None
 
@@ -76,7 +77,7 @@ class SingleTerm(Constraint):
         self.terms[self.term] = self.terms.pop("penalty")
 
     def settings(self) -> dict:
-        return {"lambda": self.lam, "eps": self.eps, "update": self.update}
+        return {"lambda": self.lam, "eps": self.eps, "update": self.update, "budget": self.budget}
 
 
 class L1(SingleTerm):

@@ -43,10 +43,6 @@ class SegmentationData:
         """(H, W) of the first test image: the size at which MACs and latency are reported."""
         return tuple(self.test[0].label.shape)
 
-    @property
-    def is_binary(self) -> bool:
-        return self.num_classes == 2
-
 
 def check_sample(sample: Sample, num_classes: int, ignore_index: int | None, where: str) -> None:
     """Raise a DatasetError naming ``where`` when image, label and FOV do not fit together."""

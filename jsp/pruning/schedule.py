@@ -18,7 +18,7 @@ class Schedule:
         keep_params: keep this fraction of the dense parameters (None: not a parameter budget).
         keep_macs: keep this fraction of the dense MACs (None: not a MAC budget).
             With neither, the target is ``threshold``: remove the units switched off
-            (norm <= eps * the largest norm of their layer).
+            (``constraint.eps``, the rule the unit report counts with).
         min_channels: never leave a channel group narrower than this.
         min_keep: never keep less than this fraction of a channel group.
         normalize: per-layer score normalisation, "max" or "rank" (method.md s.4).
@@ -33,7 +33,7 @@ class Schedule:
     """
 
     def __init__(self, rounds: int = 1, importance: str = "jsp", keep_params: float | None = None,
-                 keep_macs: float | None = None, eps: float = 0.01, min_channels: int = 2, round_to: int = 1,
+                 keep_macs: float | None = None, min_channels: int = 2, round_to: int = 1,
                  finetune_steps: int = 300, finetune_lr_scale: float = 1.0, constraint_scale: float = 0.0,
                  seed: int = 0, min_keep: float = 0.0, normalize: str = "max", cost_aware: str | None = None,
                  budget_on: str = "params"):
@@ -57,7 +57,7 @@ class Schedule:
         if min_channels < 1 or round_to < 1 or finetune_steps < 0 or constraint_scale < 0:
             raise ConfigError("schedule.min_channels and round_to must be >= 1, finetune_steps and "
                               "constraint_scale >= 0")
-        self.rounds, self.importance, self.eps = rounds, importance, eps
+        self.rounds, self.importance = rounds, importance
         self.keep_params, self.keep_macs = keep_params, keep_macs
         self.min_channels, self.round_to = min_channels, round_to
         self.finetune_steps, self.finetune_lr_scale = finetune_steps, finetune_lr_scale
@@ -86,6 +86,6 @@ class Schedule:
         if self.rounds == 0:
             return {"rounds": 0}
         return {"rounds": self.rounds, "importance": self.importance, "mode": self.mode,
-                "keep_params": self.keep_params, "keep_macs": self.keep_macs, "eps": self.eps,
+                "keep_params": self.keep_params, "keep_macs": self.keep_macs,
                 "min_channels": self.min_channels, "round_to": self.round_to, "min_keep": self.min_keep,
                 "normalize": self.normalize, "cost_aware": self.cost_aware, "finetune_steps": self.finetune_steps}

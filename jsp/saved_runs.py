@@ -21,7 +21,7 @@ from jsp.metrics import cost_report
 from jsp.models import pad_multiple
 from jsp.models.saved import dataset_of, load_model
 from jsp.registry import check_process
-from jsp.engine.setup import resolve_device
+from jsp.engine.runtime import resolve_device
 
 log = logging.getLogger("jsp")
 REPORTED = ("miou", "f1", "auc", "se", "sp", "acc", "params", "macs", "weight_mb")
