@@ -14,11 +14,11 @@ import time
 from pathlib import Path
 
 import torch
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from jsp import stages
 from jsp.constraints.base import Scaled
+from jsp.constraints.budget import BudgetController
 from jsp.data import prepare
 from jsp.data.transforms import in_channels
 from jsp.engine import dense_cache, preemption
@@ -30,38 +30,15 @@ from jsp.engine.resume import clear_preempted, load_constraint_stats, mark_preem
 from jsp.engine.runtime import patch_loader, resolve_device, seed_everything
 from jsp.engine.train import LoopSettings, lr_at, train_loop
 from jsp.data.io import set_max_pixels
-from jsp.errors import ConfigError, JSPError
+from jsp.errors import ConfigError
 from jsp.files import RunLock, probe_writable
-from jsp.metrics import cost_report
-from jsp.models import pad_multiple
+from jsp.metrics import cost_report, count_macs, count_params
 from jsp.models.saved import layer_spec, load_model, save_model
-from jsp import stages
-from jsp.constraints.budget import BudgetController
-from jsp.metrics import count_macs, count_params
 from jsp.pruning import Target
 from jsp.registry import describe
+from jsp.run_config import build, check_budget, check_control, check_trainer, choices, model_hparams
 
 log = logging.getLogger("jsp")
-
-
-def build(node, **kwargs):
-    """``instantiate`` that lets a jsp error raised by the target through as itself."""
-    try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as e:
-        cause = e.__cause__
-        if isinstance(cause, JSPError):
-            raise cause from None
-        raise
-
-
-def check_trainer(tr) -> None:
-    for key in ("steps", "batch_size", "val_every", "log_every"):
-        if int(tr[key]) <= 0:
-            raise ConfigError(f"trainer.{key} must be a positive number of steps, got {tr[key]}")
-    if tr.lr <= 0 or tr.checkpoint_every < 0:
-        raise ConfigError(f"trainer.lr must be > 0 and trainer.checkpoint_every >= 0, got {tr.lr}, "
-                          f"{tr.checkpoint_every}")
 
 
 def run(cfg: DictConfig, run_dir: str | Path) -> dict:
@@ -198,10 +175,10 @@ class Run:
         final = {**self.logger.metrics[stages[-1][0]], "time_s": time.time() - self.t_start}
         self.logger.stage("final", final)
         save_model(self.run_dir / "checkpoints" / "final", self.model, self.architecture, **self.model_info("final", final))
-        choices = _choices(self.cfg)
+        choices = choices(self.cfg)
         self.logger.hparams({**choices, "seed": self.cfg.seed, "steps": self.tr.steps,
                              **flatten(self.constraint.settings(), "constraint"),
-                             **flatten(self.schedule.settings(), "schedule"), **_model_hparams(self.cfg)}, final)
+                             **flatten(self.schedule.settings(), "schedule"), **model_hparams(self.cfg)}, final)
         self.logger.close()
         clear_preempted(self.run_dir)
         log.info("\n" + summary_table(self.logger.metrics, self.run_dir, choices))
@@ -330,36 +307,3 @@ class Run:
         self.step = state["global_step"]
         log.info("resume: %s continues at step %d", tag, state["step"])
         return state
-
-
-def check_budget(budget, schedule) -> None:
-    if budget is None:
-        return
-    if schedule.rounds != 1 or schedule.mode != "threshold":
-        raise ConfigError("constraint.budget needs schedule=oneshot without keep_params/keep_macs: the budget "
-                          "is the pruning target")
-
-
-def check_control(control: str, budget, schedule) -> None:
-    if control not in ("none", "uniform", "scratch"):
-        raise ConfigError(f"control must be none, uniform or scratch, got {control!r}")
-    if control == "uniform" and (schedule.mode == "threshold" or schedule.rounds != 1):
-        raise ConfigError("control=uniform needs schedule=oneshot with schedule.keep_params or keep_macs (the budget)")
-    if control == "scratch" and schedule.rounds != 1:
-        raise ConfigError("control=scratch needs schedule=oneshot")
-
-
-def _choices(cfg: DictConfig) -> dict:
-    """Which option of each config group this run used (from Hydra, when run through it)."""
-    groups = ("dataset", "model", "constraint", "schedule", "method")
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        picked = HydraConfig.get().runtime.choices
-        return {g: str(picked.get(g)) for g in groups}
-    except ValueError:  # called without Hydra (tests calling run() directly)
-        return {g: str((cfg.get(g) or {}).get("_target_", "?")).rsplit(".", 1)[-1] for g in groups}
-
-
-def _model_hparams(cfg: DictConfig) -> dict:
-    return {f"model.{k}": v for k, v in cfg.model.items() if isinstance(v, (int, float, str)) and k != "_target_"}

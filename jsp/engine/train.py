@@ -101,27 +101,22 @@ def train_loop(
 ) -> dict:
     """Train for ``s.steps`` steps; validate every ``s.val_every``; end with the best weights.
 
-    batches: yields (x (N, C, p, p), y (N, p, p)) for the steps still to run.
-    validate: (model, global step) -> metrics dict with "miou" (the selection criterion) and
-        optionally "eligible" (False: these weights may not be handed on as the best).
-    resume: {"step": steps already done, "best": metrics, "best_state": weights or None}.
-    checkpoint: called as checkpoint(steps done, best, best_state) every ``checkpoint_every``
-        steps, so a killed run loses at most that many steps.
-    With ``s.validate_start`` the starting weights are validated first and count as step 0.
-    Returns the best validation metrics, with "step" added.
-    Raises NonFiniteLoss naming the step and the term when the loss is NaN or infinite, and
-    Preempted (after a checkpoint) at the first step boundary after a stop signal.
+    batches: yields (x (N, C, p, p), y (N, p, p)) for the steps still to run. validate:
+    (model, global step) -> metrics with "miou" (the criterion), optionally "eligible" (see
+    Best). resume: {"step", "best", "best_state"}. checkpoint(steps done, best, best_state) runs
+    every ``checkpoint_every`` steps. With ``s.validate_start`` the starting weights compete
+    as step 0. Returns the best validation metrics, with "step". Raises NonFiniteLoss (NaN or
+    infinite loss) and Preempted (after a checkpoint) at the step boundary after a stop signal.
     """
     scaler = torch.amp.GradScaler(device.type, enabled=s.amp and device.type == "cuda")
     start = resume["step"] if resume else 0
-    best = resume["best"] if resume else {"miou": -1.0}
-    best_state = resume["best_state"] if resume else None
+    best = Best(resume)
     if s.validate_start and start == 0:
         # Fine-tuning starts from a network that already works; if no fine-tuned checkpoint
         # beats it on validation, the stage must hand it back rather than a worse one.
-        best = {**validate(model, s.first_step), "step": 0}
-        logger.scalars(val_tag, {k: v for k, v in best.items() if k != "step"}, s.first_step)
-        best_state = copy.deepcopy(model.state_dict())
+        metrics = validate(model, s.first_step)
+        logger.scalars(val_tag, metrics, s.first_step)
+        best.offer(model, metrics, 0, last=False)
     it = iter(batches)
     model.train()
     bar = tqdm(range(start, s.steps), desc=tag, disable=None, dynamic_ncols=True, initial=start, total=s.steps)
@@ -133,35 +128,56 @@ def train_loop(
         x, y = next(it)
         task, penalty, terms = train_step(model, x, y, loss_fn, optimizer, constraint, scaler, step,
                                           device, s.amp, s.channels_last, s.grad_clip, lr)
-
         if step % s.log_every == 0 or step == s.steps - 1:
-            terms = {k: float(torch.as_tensor(v).detach()) for k, v in {**terms, **constraint.terms}.items()}
-            total = task.item() + penalty.item()
-            logger.scalars(f"{tag}/loss", {"total": total, "task": task.item(), **terms}, s.first_step + step)
-            logger.scalars(tag, {"lr": lr}, s.first_step + step)
+            total = _log_losses(logger, tag, task, penalty, {**terms, **constraint.terms}, lr, s.first_step + step)
             bar.set_postfix(loss=f"{total:.4f}", lr=f"{lr:.2e}")
         progress.step(step, task, penalty, lr)
         if (step + 1) % s.val_every == 0 or step + 1 == s.steps:
             metrics = validate(model, s.first_step + step + 1)
             logger.scalars(val_tag, metrics, s.first_step + step + 1)
             progress.validated(step, metrics)
-            # On a tie the later, longer-trained weights win. A checkpoint that is not eligible
-            # (a budget run whose units still cost more than the budget) cannot be "best".
-            if metrics.get("eligible", True) and metrics["miou"] >= best["miou"]:
-                best = {**metrics, "step": step + 1}
-                best_state = copy.deepcopy(model.state_dict())
-            elif step + 1 == s.steps and best["miou"] < 0:  # nothing eligible: the last weights
-                best, best_state = {**metrics, "step": step + 1}, None
-        stop = preemption.requested()
-        if checkpoint is not None and (stop or checkpoint_every and (step + 1) % checkpoint_every == 0) \
-                and step + 1 < s.steps:
-            checkpoint(step + 1, best, best_state)
-        if stop and step + 1 < s.steps:
-            raise preemption.Preempted(f"{tag}: stopped at step {step + 1} of {s.steps} on {stop}; the state is in "
-                                       "checkpoints/last.pt and the next job on this run dir continues it")
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    return best
+            best.offer(model, metrics, step + 1, last=step + 1 == s.steps)
+        if step + 1 < s.steps:
+            _save_or_stop(checkpoint, checkpoint_every, step + 1, s.steps, best, tag)
+    if best.state is not None:
+        model.load_state_dict(best.state)
+    return best.metrics
+
+
+def _save_or_stop(checkpoint, every: int, done: int, steps: int, best: "Best", tag: str) -> None:
+    """Mid-stage: checkpoint every ``every`` steps, and on a stop signal checkpoint and raise."""
+    stop = preemption.requested()
+    if checkpoint is not None and (stop or every and done % every == 0):
+        checkpoint(done, best.metrics, best.state)
+    if stop:
+        raise preemption.Preempted(f"{tag}: stopped at step {done} of {steps} on {stop}; the state is in "
+                                   "checkpoints/last.pt and the next job on this run dir continues it")
+
+
+def _log_losses(logger: RunLogger, tag: str, task, penalty, terms: dict, lr: float, step: int) -> float:
+    """Loss, its terms and the lr to TensorBoard; returns the total loss."""
+    terms = {k: float(torch.as_tensor(v).detach()) for k, v in terms.items()}
+    total = task.item() + penalty.item()
+    logger.scalars(f"{tag}/loss", {"total": total, "task": task.item(), **terms}, step)
+    logger.scalars(tag, {"lr": lr}, step)
+    return total
+
+
+class Best:
+    """The best validation metrics so far (with "step") and their weights: what a stage hands on."""
+
+    def __init__(self, resume: dict | None = None):
+        self.metrics = resume["best"] if resume else {"miou": -1.0}
+        self.state = resume["best_state"] if resume else None
+
+    def offer(self, model: nn.Module, metrics: dict, step: int, last: bool) -> None:
+        """On a tie the later, longer-trained weights win. Weights that are not eligible (a
+        budget run whose units still cost more than the budget) cannot be best; if nothing was
+        eligible by the ``last`` validation, the last weights are handed on."""
+        if metrics.get("eligible", True) and metrics["miou"] >= self.metrics["miou"]:
+            self.metrics, self.state = {**metrics, "step": step}, copy.deepcopy(model.state_dict())
+        elif last and self.metrics["miou"] < 0:
+            self.metrics, self.state = {**metrics, "step": step}, None
 
 
 class Progress:

@@ -1,0 +1,63 @@
+"""What the pipeline reads from a composed config besides building objects: the checks that
+need several settings at once, how a config node is built with jsp's errors, and the labels
+(config-group choices, model settings) a run records."""
+from __future__ import annotations
+
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from jsp.errors import ConfigError, JSPError
+
+
+def build(node, **kwargs):
+    """``instantiate`` that lets a jsp error raised by the target through as itself."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        if isinstance(cause, JSPError):
+            raise cause from None
+        raise
+
+
+def check_trainer(tr) -> None:
+    for key in ("steps", "batch_size", "val_every", "log_every"):
+        if int(tr[key]) <= 0:
+            raise ConfigError(f"trainer.{key} must be a positive number of steps, got {tr[key]}")
+    if tr.lr <= 0 or tr.checkpoint_every < 0:
+        raise ConfigError(f"trainer.lr must be > 0 and trainer.checkpoint_every >= 0, got {tr.lr}, "
+                          f"{tr.checkpoint_every}")
+
+
+def check_budget(budget, schedule) -> None:
+    if budget is None:
+        return
+    if schedule.rounds != 1 or schedule.mode != "threshold":
+        raise ConfigError("constraint.budget needs schedule=oneshot without keep_params/keep_macs: the budget "
+                          "is the pruning target")
+
+
+def check_control(control: str, budget, schedule) -> None:
+    if control not in ("none", "uniform", "scratch"):
+        raise ConfigError(f"control must be none, uniform or scratch, got {control!r}")
+    if control == "uniform" and (schedule.mode == "threshold" or schedule.rounds != 1):
+        raise ConfigError("control=uniform needs schedule=oneshot with schedule.keep_params or keep_macs (the budget)")
+    if control == "scratch" and schedule.rounds != 1:
+        raise ConfigError("control=scratch needs schedule=oneshot")
+
+
+def choices(cfg: DictConfig) -> dict:
+    """Which option of each config group this run used (from Hydra, when run through it)."""
+    groups = ("dataset", "model", "constraint", "schedule", "method")
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        picked = HydraConfig.get().runtime.choices
+        return {g: str(picked.get(g)) for g in groups}
+    except ValueError:  # called without Hydra (tests calling run() directly)
+        return {g: str((cfg.get(g) or {}).get("_target_", "?")).rsplit(".", 1)[-1] for g in groups}
+
+
+def model_hparams(cfg: DictConfig) -> dict:
+    return {f"model.{k}": v for k, v in cfg.model.items() if isinstance(v, (int, float, str)) and k != "_target_"}
