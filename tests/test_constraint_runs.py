@@ -13,7 +13,8 @@ from tests.conftest import REPO, TINY
 
 TERMS = {"none": [], "jsp": ["sparse", "redund", "factor"], "jsp_v1": ["sparse", "redund"],
          "gradient_count": ["sparse", "redund"],
-         "redundancy": ["sparse", "redund"], "l1": ["l1"], "group_lasso": ["group"], "slimming": ["slimming"]}
+         "redundancy": ["sparse", "redund"], "l1": ["l1"], "group_lasso": ["group"], "slimming": ["slimming"],
+         "depgraph": ["coupled", "factor"]}
 
 
 def test_every_constraint_option_is_covered():

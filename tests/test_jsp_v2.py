@@ -218,3 +218,31 @@ def test_a_budget_run_meets_the_budget_by_threshold_pruning_with_the_function_un
     outputs = [load_model(tmp_path / "checkpoints" / stage, "cpu")[0].eval()(x) for stage in ("dense", "pruned")]
     torch.testing.assert_close(outputs[1], outputs[0], rtol=0, atol=1e-5)
     assert metrics["pruned"]["auc"] == pytest.approx(dense["auc"], abs=1e-4)
+
+
+def test_depgraph_zeroes_a_whole_coupled_group_and_ranks_by_its_norm():
+    """A large lambda on one group: the producer's channel, its BatchNorm and the consumers'
+    input slices all reach zero together; pruning the group then changes nothing."""
+    from jsp.constraints import CoupledGroupLasso
+    from jsp.models import UNet
+
+    torch.manual_seed(0)
+    m = UNet(3, 2, width=4, depth=2).eval()
+    c = CoupledGroupLasso(lam=1.0).attach(m, 3, 32)
+    g = next(i for i, units in enumerate(c.units_of) if any(name == "inc.3" for name, _, _ in units))
+    norms = c.group_norms()[g]
+    c.lam, c.min_units = 1e6, 0
+    keep = [s for i, s in enumerate(c.groups) if i != g]
+    c.groups, saved = [c.groups[g]], c.groups            # shrink only that group
+    c.sizes, c.dims = [c.sizes[g]], [c.dims[g]]
+    c.step(m, lr=1.0)
+    assert all((t.transpose(0, axis)[idx] == 0).all() for t, axis, idx, _ in saved[g])
+    assert any((t != 0).any() for s in keep for t, _, _, _ in s)
+    stats = CoupledGroupLasso().attach(m, 3, 32).statistics()
+    assert (stats["coupled"]["inc.3"] == 0).all() and norms.min() > 0
+    x = torch.randn(2, 3, 32, 32)
+    before = m(x)
+    layers = find_units(m, 3)
+    prune(m, layers, layer_scores("depgraph", layers, stats), Target("threshold"), 3, 32, (32, 32))
+    assert m.inc[3].out_channels == 1                    # the whole group was zero: min_channels=1 left
+    torch.testing.assert_close(m(x), before, rtol=0, atol=1e-5)

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from jsp.constraints import JSPConstraint, find_units
+from jsp.constraints import CoupledGroupLasso, JSPConstraint, find_units
 from jsp.errors import ConfigError, JSPError
 from jsp.metrics import count_macs, count_params
 from jsp.models import SMPModel, UNet, mobilenetv3
@@ -95,6 +95,7 @@ def test_every_importance_scores_and_prunes(importance):
     stats = c.statistics()
     batches = [(torch.randn(2, 3, 32, 32), torch.randint(0, 2, (2, 32, 32)))]
     stats.update(taylor_statistic(model, c.layers, batches, CEDiceLoss(), torch.device("cpu")))
+    stats.update(CoupledGroupLasso().attach(model, 3, 32).statistics())
     model.eval()
     scores = layer_scores(importance, c.layers, stats)
     assert all(s.shape == (l.size,) and s.max() <= 1.0 + 1e-6 for s, l in zip(scores.values(), c.layers))

@@ -19,6 +19,7 @@ METHODS = {  # method.md s.5: constraint during training, importance at pruning
     "gradient_count": ("JSPConstraint", 1, "gradient_count"), "redundancy": ("JSPConstraint", 1, "redundancy"),
     "jsp": ("JSPConstraint", 1, "jsp"), "jsp_v1": ("JSPConstraint", 1, "jsp"), "taylor": (".Constraint", 1, "taylor"),
     "uniform": (".Constraint", 1, "jsp"), "scratch": ("JSPConstraint", 1, "jsp"),
+    "depgraph": ("CoupledGroupLasso", 1, "depgraph"),
 }
 
 

@@ -60,6 +60,9 @@ IMPORTANCES: dict[str, Callable[[UnitLayer, Context], torch.Tensor]] = {
     "gradient_count": lambda l, c: l.norms(c.kind) * _needs("gradient_count", _ACTIVITY, c.stat("activity", l)),
     "redundancy": lambda l, c: l.norms(c.kind) * (1 - c.redundancy(l)),
     "correlation": lambda l, c: 1 - c.redundancy(l),
+    # DepGraph: the norm of the unit's whole coupled group, from constraint=depgraph
+    "depgraph": lambda l, c: _needs("depgraph", "the coupled-group norms that constraint=depgraph reports",
+                                    c.stat("coupled", l)),
     "taylor": lambda l, c: _needs("taylor", "the taylor statistic (taylor_statistic)", c.stat("taylor", l)),
     "random": lambda l, c: torch.rand(l.size, generator=c.generator).to(l.conv.weight.device),
 }
