@@ -155,16 +155,16 @@ class Run:
         return plan
 
     def execute(self) -> dict:
-        stages = self.plan()
+        plan = self.plan()
         trained_here = False
         if self.cfg.get("dense_cache") and "dense" not in self.logger.metrics and self.resume_state is None:
-            trained_here = self.dense_from_cache(stages[0][1])
-        done = [name for name, _ in stages if name in self.logger.metrics]
+            trained_here = self.dense_from_cache(plan[0][1])
+        done = [name for name, _ in plan if name in self.logger.metrics]
         if done and not trained_here:  # resume (or go on from a cached dense stage) from the last saved model
             self.restore_stage(done[-1])
             if self.resume:
                 log.info("resume: stages %s are done; continuing after %s", ", ".join(done), done[-1])
-        for name, work in stages:
+        for name, work in plan:
             if name in done:
                 continue
             if preemption.requested():  # between stages: everything so far is saved
@@ -172,16 +172,16 @@ class Run:
             val = work()  # a training stage returns its best validation metrics: the weights it hands on
             prefix = {"dense": "test"}.get(name, name.replace("pruned", "prune").replace("finetuned", "finetune") + "/test")
             self.test_stage(name, prefix, val)
-        final = {**self.logger.metrics[stages[-1][0]], "time_s": time.time() - self.t_start}
+        final = {**self.logger.metrics[plan[-1][0]], "time_s": time.time() - self.t_start}
         self.logger.stage("final", final)
         save_model(self.run_dir / "checkpoints" / "final", self.model, self.architecture, **self.model_info("final", final))
-        choices = choices(self.cfg)
-        self.logger.hparams({**choices, "seed": self.cfg.seed, "steps": self.tr.steps,
+        picked = choices(self.cfg)
+        self.logger.hparams({**picked, "seed": self.cfg.seed, "steps": self.tr.steps,
                              **flatten(self.constraint.settings(), "constraint"),
                              **flatten(self.schedule.settings(), "schedule"), **model_hparams(self.cfg)}, final)
         self.logger.close()
         clear_preempted(self.run_dir)
-        log.info("\n" + summary_table(self.logger.metrics, self.run_dir, choices))
+        log.info("\n" + summary_table(self.logger.metrics, self.run_dir, picked))
         return self.logger.metrics
 
     def dense_from_cache(self, train_dense) -> bool:
