@@ -120,7 +120,7 @@ def rank_budgets(rows: list[dict]) -> list[dict]:
                  "own_dense": _stats([r.get("own_dense_miou", float("nan")) for r in rs])[0],
                  "by_seed": {r["seed"]: r["miou"] for r in rs}, "collapsed": sum(collapsed(r["f1"]) for r in rs)}
         for k in QUALITY:
-            entry[k], entry[k + "_std"] = _stats([r[k] for r in rs])
+            entry[k], entry[k + "_std"] = _stats([r.get(k, float("nan")) for r in rs])
         budgets[(dataset, model, keep)].append(entry)
     dense = {(d, m): e["miou"] for (d, m, _), es in budgets.items() for e in es if e["method"] == "dense"}
     out = []
@@ -161,7 +161,7 @@ def write_tables(rows: list[dict], out: Path) -> None:
     with open(out / "summary.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, COLUMNS)
         writer.writeheader()
-        writer.writerows({k: r[k] for k in COLUMNS} for r in rows)
+        writer.writerows({k: r.get(k, "") for k in COLUMNS} for r in rows)
     lines = ["# Which method wins at which budget", "",
              "Ranked by mean test mIoU over seeds (+- sample std when there are several); "
              "`vs dense` is the gap to the unpruned network of the same model: the `dense` method's runs "
@@ -188,9 +188,9 @@ def write_tables(rows: list[dict], out: Path) -> None:
               "|" + "---|" * (6 + len(QUALITY))]
     for (dataset, method, model, lambdas, keep), rs in sorted(groups_of(rows).items()):
         lines.append(f"| {dataset} | {method} | {model} | {lambdas} | {keep} | {len(rs)} | "
-                     + " | ".join(_mean_std([r[k] for r in rs]) for k in QUALITY) + " |")
+                     + " | ".join(_mean_std([r.get(k, float("nan")) for r in rs]) for k in QUALITY) + " |")
     lines += ["", "# Runs", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in rows]
+    lines += ["| " + " | ".join(_fmt(r.get(c, float("nan"))) for c in cols) + " |" for r in rows]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
 
 

@@ -59,6 +59,9 @@ def test_report_on_a_multirun_dir(sweep, capsys):
     dense = next(r for r in rows if r["method"] == "dense")
     assert float(jsp["keep"]) == 0.5 and float(dense["keep"]) == 1.0
     assert int(jsp["params"]) < int(dense["params"]) and "lambda_s=" in jsp["lambdas"]
+    own = json.loads((sweep / "1" / "metrics.json").read_text())  # before fine-tuning, units zeroed
+    assert float(jsp["pruned_miou"]) == pytest.approx(own["pruned"]["miou"])
+    assert float(jsp["zeroed"]) == pytest.approx(own["dense"]["units_off"])
     md = (sweep / "summary.md").read_text()
     assert "Mean +- std over seeds" in md and "| jsp |" in md
     assert "## synthetic / unet-w4 / keep 0.5" in md  # the width is part of the model label
@@ -66,6 +69,7 @@ def test_report_on_a_multirun_dir(sweep, capsys):
 
     alone = sweep / "1"  # the jsp run alone: vs dense from its own dense stage
     assert report_main([str(alone), "--out", str(sweep / "alone")]) == 0
+    assert "| mIoU before FT | zeroed |" in (sweep / "alone" / "summary.md").read_text()
     own = json.loads((alone / "metrics.json").read_text())
     gap = own["final"]["miou"] - own["dense"]["miou"]
     assert f"| {gap:+.4f} |" in (sweep / "alone" / "summary.md").read_text()
