@@ -48,15 +48,23 @@ def check_control(control: str, budget, schedule) -> None:
 
 
 def choices(cfg: DictConfig) -> dict:
-    """Which option of each config group this run used (from Hydra, when run through it)."""
+    """Which option of each config group this run used (from Hydra, when run through it).
+    Without a method preset, ``method`` names the constraint + importance pair (or dense)."""
     groups = ("dataset", "model", "constraint", "schedule", "method")
     try:
         from hydra.core.hydra_config import HydraConfig
 
-        picked = HydraConfig.get().runtime.choices
-        return {g: str(picked.get(g)) for g in groups}
+        chosen = HydraConfig.get().runtime.choices
+        picked = {g: str(chosen.get(g)) for g in groups}
     except ValueError:  # called without Hydra (tests calling run() directly)
-        return {g: str((cfg.get(g) or {}).get("_target_", "?")).rsplit(".", 1)[-1] for g in groups}
+        picked = {g: str((cfg.get(g) or {}).get("_target_", "?")).rsplit(".", 1)[-1] for g in groups}
+    if picked["method"] in ("None", "?"):
+        s = cfg.get("schedule") or {}
+        unpruned = "dense" if picked["constraint"] in ("none", "Constraint") else f"{picked['constraint']} (unpruned)"
+        picked["method"] = f"{picked['constraint']}+{s.get('importance')}" if s.get("rounds") else unpruned
+    if cfg.get("control") not in (None, "none") and picked["method"] != cfg.get("control"):
+        picked["method"] = f"{cfg.get('control')}({picked['method']})"
+    return picked
 
 
 def model_hparams(cfg: DictConfig) -> dict:
