@@ -261,6 +261,7 @@ class Run:
                 rest[t] = rest[t + 1] + lr_at(t, settings)
             forecast = lambda step: stages.kept_cost(self, self.constraint.forecast_off(rest[step + 1]))  # noqa: E731
             self.constraint.controller = BudgetController(self.budget, forecast, steps, self.constraint.budget_every,
+                                                          ramp=self.constraint.budget_ramp,
                                                           actual=lambda: stages.kept_cost(self))
             if resume:
                 self.constraint.load_state_dict(resume["constraint"])

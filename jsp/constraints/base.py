@@ -29,17 +29,19 @@ class Constraint:
     switched off (norm <= eps times the largest of its layer), whatever trained it.
     """
 
-    def __init__(self, eps: float = 0.01, budget: float | None = None, budget_every: int = 10):
+    def __init__(self, eps: float = 0.01, budget: float | None = None, budget_every: int = 10,
+                 budget_ramp: float = 0.5):
         if not 0 <= eps < 1:
             raise ConfigError(f"constraint.eps must be in [0, 1), got {eps}")
         if budget is not None and not 0 < budget < 1:
             raise ConfigError(f"constraint.budget must be a fraction in (0, 1), got {budget}")
-        if budget_every < 1:
-            raise ConfigError(f"constraint.budget_every must be >= 1, got {budget_every}")
+        if budget_every < 1 or not 0 < budget_ramp <= 1:
+            raise ConfigError(f"constraint.budget_every must be >= 1 and budget_ramp in (0, 1], got {budget_every}, "
+                              f"{budget_ramp}")
         self.eps = eps
         #: fraction of the dense cost the constraint should reach by itself (None: no budget);
         #: the pipeline gives it a BudgetController (``controller``) for the training stage.
-        self.budget, self.budget_every = budget, budget_every
+        self.budget, self.budget_every, self.budget_ramp = budget, budget_every, budget_ramp
         self.layers: list[UnitLayer] = []
         #: set by the pipeline for constraint.budget runs; scales the penalty (see budget.py).
         self.controller: BudgetController | None = None

@@ -49,7 +49,9 @@ class JSPConstraint(Constraint):
         sign: "signed" (v2) or "abs" (v1) correlations in r_u.
         chance: correct r_u for the chance level of the layer's shape (v2).
         update: "prox" (v2: proximal step after the optimiser) or "loss" (v1: penalty in the loss).
-        budget, budget_every: reach this fraction of the dense cost by itself (see budget.py).
+        budget, budget_every, budget_ramp: reach this fraction of the dense cost by itself,
+            checking every N steps, the target reaching the budget at this fraction of training
+            (see budget.py).
         measure: "weights" (r_u from the filters) or "features" (from the units' post-normalisation
             feature maps of the training batch before each redundancy update, through hooks).
 
@@ -66,8 +68,8 @@ class JSPConstraint(Constraint):
     def __init__(self, lambda_s: float = 1.0, lambda_r: float = 1.0, tau: float = 1.0, beta: float = 0.99,
                  count_every: int = 1, redund_every: int = 20, eps: float = 0.01, count_on: str = "scale",
                  sign: str = "signed", chance: bool = True, update: str = "prox", measure: str = "weights",
-                 budget: float | None = None, budget_every: int = 10):
-        super().__init__(eps=eps, budget=budget, budget_every=budget_every)
+                 budget: float | None = None, budget_every: int = 10, budget_ramp: float = 0.5):
+        super().__init__(eps=eps, budget=budget, budget_every=budget_every, budget_ramp=budget_ramp)
         for name, value in (("lambda_s", lambda_s), ("lambda_r", lambda_r), ("tau", tau)):
             if value < 0:
                 raise ConfigError(f"constraint.{name} must be >= 0, got {value}")
