@@ -246,3 +246,23 @@ def test_depgraph_zeroes_a_whole_coupled_group_and_ranks_by_its_norm():
     prune(m, layers, layer_scores("depgraph", layers, stats), Target("threshold"), 3, 32, (32, 32))
     assert m.inc[3].out_channels == 1                    # the whole group was zero: min_channels=1 left
     torch.testing.assert_close(m(x), before, rtol=0, atol=1e-5)
+
+
+def test_cost_aware_pressure_scales_with_what_a_unit_saves():
+    """constraint.cost_aware=params: a unit of a wide layer (many weights) is pushed harder
+    than one of a narrow layer; macs also weighs the layer's output resolution."""
+    from jsp.constraints.units import unit_costs
+    from jsp.models import UNet
+
+    m = UNet(3, 2, width=4, depth=2)
+    layers = {l.name: l for l in find_units(m, 3)}
+    params, macs = (dict(zip([n for n, l in layers.items() for _ in range(l.size)], unit_costs(list(layers.values()), k)))
+                    for k in ("params", "macs"))
+    assert params["down.1.3"] / params["inc.0"] == pytest.approx((16 * 9) / (3 * 9))
+    assert macs["down.1.3"] / macs["inc.0"] == pytest.approx((16 * 9) / (3 * 9) / 16)  # 1/4 the side
+    c = JSPConstraint(lambda_s=1.0, lambda_r=0.0, cost_aware="params").attach(m, 3)
+    c.min_units, c.a[:] = 0, 0.0
+    before = {n: l.norms().clone() for n, l in layers.items()}
+    c.step(m, lr=1e-3)
+    shrink = {n: float((before[n] - l.norms()).mean()) for n, l in layers.items()}
+    assert shrink["down.1.3"] > 4 * shrink["inc.0"] > 0

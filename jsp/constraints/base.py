@@ -18,7 +18,7 @@ from torch import nn
 
 from jsp.constraints.budget import BudgetController
 from jsp.constraints.group import UnitSet, prox_step
-from jsp.constraints.units import UnitLayer, find_units, off_fractions
+from jsp.constraints.units import UnitLayer, find_units, off_fractions, unit_costs
 from jsp.errors import ConfigError
 
 
@@ -30,7 +30,7 @@ class Constraint:
     """
 
     def __init__(self, eps: float = 0.01, budget: float | None = None, budget_every: int = 10,
-                 budget_ramp: float = 0.5):
+                 budget_ramp: float = 0.5, cost_aware: str | None = None):
         if not 0 <= eps < 1:
             raise ConfigError(f"constraint.eps must be in [0, 1), got {eps}")
         if budget is not None and not 0 < budget < 1:
@@ -42,6 +42,11 @@ class Constraint:
         #: fraction of the dense cost the constraint should reach by itself (None: no budget);
         #: the pipeline gives it a BudgetController (``controller``) for the training stage.
         self.budget, self.budget_every, self.budget_ramp = budget, budget_every, budget_ramp
+        if cost_aware not in (None, "params", "macs"):
+            raise ConfigError(f"constraint.cost_aware must be null, params or macs, got {cost_aware!r}")
+        #: scale each unit's pressure by what removing it saves (method.md s.4's cost-aware
+        #: ranking, applied while training)
+        self.cost_aware = cost_aware
         self.layers: list[UnitLayer] = []
         #: set by the pipeline for constraint.budget runs; scales the penalty (see budget.py).
         self.controller: BudgetController | None = None
@@ -107,13 +112,21 @@ class Constraint:
                 self.controller.held += 1
                 return
             norms = units.norms()
-            coefs = self.factor * self.prox_coefs() * self.unprotected(units, norms)
+            coefs = self.factor * self.prox_coefs() * self.unprotected(units, norms) * self.cost_weights(units)
             self.log_terms(coefs, norms * units.inv_sqrt_dim)
             if coefs.any():
                 prox_step(units, scale * coefs, lr, norms)
         if control and self.controller is not None and step is not None:
             with torch.enable_grad():
                 self.controller.update(step)
+
+    def cost_weights(self, units: UnitSet) -> torch.Tensor | float:
+        """(total,) each unit's cost relative to the mean unit under ``cost_aware`` (else 1)."""
+        if self.cost_aware is None:
+            return 1.0
+        if getattr(self, "_costs_for", None) is not units:
+            self._costs_for, self._costs = units, unit_costs(units.layers, self.cost_aware)
+        return self._costs
 
     def unprotected(self, units: UnitSet, norms: torch.Tensor) -> torch.Tensor:
         """(total,) 0 for each layer's ``min_units`` largest units, 1 elsewhere."""
@@ -141,7 +154,8 @@ class Constraint:
         if units is None or not units.total:
             return out
         norms = units.norms()
-        reach = horizon * self.factor * self.prox_coefs() * units.inv_sqrt_dim * self.unprotected(units, norms)
+        reach = horizon * self.factor * self.prox_coefs() * units.inv_sqrt_dim * self.unprotected(units, norms) \
+            * self.cost_weights(units)
         for layer, soon in zip(units.layers, units.split(norms <= reach)):
             out[layer.name] = out[layer.name] | soon
         return out

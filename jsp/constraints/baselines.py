@@ -27,7 +27,7 @@ class SingleTerm(Constraint):
     kind: str | None = None   # the unit group a proximal step shrinks (None: no prox form)
 
     def __init__(self, lam: float = 0.0, eps: float = 0.01, update: str | None = None, budget: float | None = None,
-                 budget_every: int = 10, budget_ramp: float = 0.5, **kwargs):
+                 budget_every: int = 10, budget_ramp: float = 0.5, cost_aware: str | None = None, **kwargs):
         lam = kwargs.pop("lambda", lam)  # "lambda" is a Python keyword but the natural YAML key
         if kwargs:
             raise ConfigError(f"unknown constraint settings {sorted(kwargs)} for {type(self).__name__}")
@@ -38,7 +38,8 @@ class SingleTerm(Constraint):
         if update not in allowed:
             raise ConfigError(f"constraint.update must be one of {list(allowed)} for {type(self).__name__}, "
                               f"got {update!r}")
-        super().__init__(eps=eps, budget=budget, budget_every=budget_every, budget_ramp=budget_ramp)
+        super().__init__(eps=eps, budget=budget, budget_every=budget_every, budget_ramp=budget_ramp,
+                         cost_aware=cost_aware)
         self.lam, self.update = float(lam), update
         self._units: UnitSet | None = None
 

@@ -68,8 +68,10 @@ class JSPConstraint(Constraint):
     def __init__(self, lambda_s: float = 1.0, lambda_r: float = 1.0, tau: float = 1.0, beta: float = 0.99,
                  count_every: int = 1, redund_every: int = 20, eps: float = 0.01, count_on: str = "scale",
                  sign: str = "signed", chance: bool = True, update: str = "prox", measure: str = "weights",
-                 budget: float | None = None, budget_every: int = 10, budget_ramp: float = 0.5):
-        super().__init__(eps=eps, budget=budget, budget_every=budget_every, budget_ramp=budget_ramp)
+                 budget: float | None = None, budget_every: int = 10, budget_ramp: float = 0.5,
+                 cost_aware: str | None = None):
+        super().__init__(eps=eps, budget=budget, budget_every=budget_every, budget_ramp=budget_ramp,
+                         cost_aware=cost_aware)
         for name, value in (("lambda_s", lambda_s), ("lambda_r", lambda_r), ("tau", tau)):
             if value < 0:
                 raise ConfigError(f"constraint.{name} must be >= 0, got {value}")

@@ -35,6 +35,7 @@ class UnitLayer:
     name: str
     conv: nn.Conv2d | nn.ConvTranspose2d
     bn: nn.modules.batchnorm._BatchNorm | None = None
+    pixels: int = 1   # output positions at the trace input (relative MAC cost per weight)
 
     @property
     def out_dim(self) -> int:
@@ -136,12 +137,14 @@ def find_units(model: nn.Module, in_channels: int | None = None, size: int | Non
     produced_by: dict[int, str] = {}   # id(output tensor) -> conv name
     bn_of: dict[str, nn.Module] = {}
     order: list[str] = []
+    pixels: dict[str, int] = {}
     keep_alive = []                    # tensors must outlive the trace so ids stay unique
 
     def conv_hook(name):
         def hook(module, inputs, output):
             produced_by[id(output)] = name
             order.append(name)
+            pixels[name] = output.shape[-1] * output.shape[-2]
             keep_alive.append(output)
         return hook
 
@@ -169,8 +172,19 @@ def find_units(model: nn.Module, in_channels: int | None = None, size: int | Non
     # the last convolution that ran.
     classifier = produced_by.get(id(out), order[-1] if order else None)
     modules = dict(convs)
-    return [UnitLayer(name, modules[name], bn_of.get(name)) for name in dict.fromkeys(order)
+    return [UnitLayer(name, modules[name], bn_of.get(name), pixels[name]) for name in dict.fromkeys(order)
             if name != classifier]
+
+
+def unit_costs(layers: list[UnitLayer], mode: str) -> torch.Tensor:
+    """(total units,) what removing each unit saves, relative to the mean unit: its filter's
+    weights ("params") or weights times output positions ("macs"); the input slices it
+    takes from its consumers are of the same order and left out."""
+    if not layers:
+        return torch.zeros(0)
+    per = [l.conv.weight.numel() / l.size * (l.pixels if mode == "macs" else 1) for l in layers]
+    cost = torch.cat([torch.full((l.size,), c, device=l.conv.weight.device) for l, c in zip(layers, per)])
+    return cost / cost.mean()
 
 
 def off_fractions(layers: list[UnitLayer], eps: float) -> tuple[float, dict[str, float]]:
