@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from jsp.constraints.budget import BudgetController
-from jsp.constraints.group import UnitSet, prox_step
+from jsp.constraints.group import WEIGHTINGS, UnitSet, prox_step
 from jsp.constraints.units import UnitLayer, find_units, off_fractions, unit_costs
 from jsp.errors import ConfigError
 
@@ -30,7 +30,7 @@ class Constraint:
     """
 
     def __init__(self, eps: float = 0.01, budget: float | None = None, budget_every: int = 10,
-                 budget_ramp: float = 0.5, cost_aware: str | None = None):
+                 budget_ramp: float = 0.5, cost_aware: str | None = None, weighting: str = "rms"):
         if not 0 <= eps < 1:
             raise ConfigError(f"constraint.eps must be in [0, 1), got {eps}")
         if budget is not None and not 0 < budget < 1:
@@ -47,6 +47,9 @@ class Constraint:
         #: scale each unit's pressure by what removing it saves (method.md s.4's cost-aware
         #: ranking, applied while training)
         self.cost_aware = cost_aware
+        if weighting not in WEIGHTINGS:
+            raise ConfigError(f"constraint.weighting must be one of {list(WEIGHTINGS)}, got {weighting!r}")
+        self.weighting = weighting  # the penalty's weight per unit group (see group.UnitSet)
         self.layers: list[UnitLayer] = []
         #: set by the pipeline for constraint.budget runs; scales the penalty (see budget.py).
         self.controller: BudgetController | None = None
@@ -113,7 +116,7 @@ class Constraint:
                 return
             norms = units.norms()
             coefs = self.factor * self.prox_coefs() * self.unprotected(units, norms) * self.cost_weights(units)
-            self.log_terms(coefs, norms * units.inv_sqrt_dim)
+            self.log_terms(coefs, norms * units.weight)
             if coefs.any():
                 prox_step(units, scale * coefs, lr, norms)
         if control and self.controller is not None and step is not None:
@@ -154,7 +157,7 @@ class Constraint:
         if units is None or not units.total:
             return out
         norms = units.norms()
-        reach = horizon * self.factor * self.prox_coefs() * units.inv_sqrt_dim * self.unprotected(units, norms) \
+        reach = horizon * self.factor * self.prox_coefs() * units.weight * self.unprotected(units, norms) \
             * self.cost_weights(units)
         for layer, soon in zip(units.layers, units.split(norms <= reach)):
             out[layer.name] = out[layer.name] | soon

@@ -27,7 +27,8 @@ class SingleTerm(Constraint):
     kind: str | None = None   # the unit group a proximal step shrinks (None: no prox form)
 
     def __init__(self, lam: float = 0.0, eps: float = 0.01, update: str | None = None, budget: float | None = None,
-                 budget_every: int = 10, budget_ramp: float = 0.5, cost_aware: str | None = None, **kwargs):
+                 budget_every: int = 10, budget_ramp: float = 0.5, cost_aware: str | None = None,
+                 weighting: str = "rms", **kwargs):
         lam = kwargs.pop("lambda", lam)  # "lambda" is a Python keyword but the natural YAML key
         if kwargs:
             raise ConfigError(f"unknown constraint settings {sorted(kwargs)} for {type(self).__name__}")
@@ -39,13 +40,13 @@ class SingleTerm(Constraint):
             raise ConfigError(f"constraint.update must be one of {list(allowed)} for {type(self).__name__}, "
                               f"got {update!r}")
         super().__init__(eps=eps, budget=budget, budget_every=budget_every, budget_ramp=budget_ramp,
-                         cost_aware=cost_aware)
+                         cost_aware=cost_aware, weighting=weighting)
         self.lam, self.update = float(lam), update
         self._units: UnitSet | None = None
 
     def units(self) -> UnitSet:
         if self._units is None or self._units.layers is not self.layers:
-            self._units = UnitSet([l for l in self.layers if l.dim_of(self.kind)], self.kind)
+            self._units = UnitSet([l for l in self.layers if l.dim_of(self.kind)], self.kind, self.weighting)
         return self._units
 
     def magnitudes(self, layer) -> torch.Tensor | None:
@@ -78,7 +79,8 @@ class SingleTerm(Constraint):
         self.terms[self.term] = self.terms.pop("penalty")
 
     def settings(self) -> dict:
-        return {"lambda": self.lam, "eps": self.eps, "update": self.update, "budget": self.budget}
+        return {"lambda": self.lam, "eps": self.eps, "update": self.update, "budget": self.budget,
+                "cost_aware": self.cost_aware, "weighting": self.weighting}
 
 
 class L1(SingleTerm):

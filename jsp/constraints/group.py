@@ -23,15 +23,25 @@ import torch
 from jsp.constraints.units import UnitLayer
 
 
-class UnitSet:
-    """Layers of units laid out in one flat index; each unit's group is ``kind``."""
+WEIGHTINGS = ("rms", "sqrt_dim")
 
-    def __init__(self, layers: list[UnitLayer], kind: str = "theta"):
+
+class UnitSet:
+    """Layers of units laid out in one flat index; each unit's group is ``kind``.
+
+    ``weighting`` is the penalty's weight per group: ``rms`` 1 / sqrt(dim) (the spec: the
+    penalty is c_u times the RMS n_u), ``sqrt_dim`` sqrt(dim) (the classic group lasso of Yuan
+    and Lin; under Adam a group's task-gradient step grows like sqrt(dim), so this weight gives
+    a small and a large group the same pressure relative to what pushes them back).
+    """
+
+    def __init__(self, layers: list[UnitLayer], kind: str = "theta", weighting: str = "rms"):
         self.layers, self.kind = layers, kind
         self.sizes = [l.size for l in layers]
         device = layers[0].conv.weight.device if layers else torch.device("cpu")
         self.inv_sqrt_dim = torch.cat([torch.full((l.size,), max(l.dim_of(kind), 1) ** -0.5, device=device)
                                        for l in layers]) if layers else torch.zeros(0, device=device)
+        self.weight = self.inv_sqrt_dim if weighting == "rms" else 1 / self.inv_sqrt_dim.clamp_min(1e-12)
         self.layer_index = torch.repeat_interleave(torch.arange(len(layers), device=device),
                                                    torch.tensor(self.sizes, dtype=torch.long, device=device))
 
@@ -115,13 +125,13 @@ class _WeightedGroupNorm(torch.autograd.Function):
 
 
 def weighted_group_norm(units: UnitSet, coefs: torch.Tensor) -> tuple[torch.Tensor, PenaltyRecord]:
-    """sum_u c_u ||g_u|| / sqrt(dim g_u); coefs (total,) are held constant.
+    """sum_u c_u w_u ||g_u|| (w_u = ``units.weight``); coefs (total,) are held constant.
 
     Returns the scalar (differentiable in the units' parameters) and its record.
     """
     coefs = coefs.detach()
     norms = units.norms()
-    weighted = coefs * units.inv_sqrt_dim
+    weighted = coefs * units.weight
     total = (weighted * norms).sum()
     record = PenaltyRecord(norms, weighted / norms.clamp_min(1e-12))
     params = [t for layer in units.layers for t, _ in layer.params(units.kind)]
@@ -130,12 +140,12 @@ def weighted_group_norm(units: UnitSet, coefs: torch.Tensor) -> tuple[torch.Tens
 
 @torch.no_grad()
 def prox_step(units: UnitSet, coefs: torch.Tensor, lr: float, norms: torch.Tensor | None = None) -> torch.Tensor:
-    """The proximal step of ``lr * sum_u c_u ||g_u|| / sqrt(dim)``: shrink every group's norm
-    by lr c_u / sqrt(dim), to exactly zero when it would cross it. ``norms``: units.norms() if
+    """The proximal step of ``lr * sum_u c_u w_u ||g_u||``: shrink every group's norm by
+    lr c_u w_u (w_u = ``units.weight``), to exactly zero when it would cross it. ``norms``: units.norms() if
     already computed. Returns the (total,) factors."""
     if not units.layers:
         return coefs
-    shrink = lr * coefs.detach() * units.inv_sqrt_dim
+    shrink = lr * coefs.detach() * units.weight
     norms = units.norms() if norms is None else norms
     factors = (1 - shrink / norms.clamp_min(1e-30)).clamp_min(0)
     units.scale_(factors)

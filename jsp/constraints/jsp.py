@@ -69,9 +69,9 @@ class JSPConstraint(Constraint):
                  count_every: int = 1, redund_every: int = 20, eps: float = 0.01, count_on: str = "scale",
                  sign: str = "signed", chance: bool = True, update: str = "prox", measure: str = "weights",
                  budget: float | None = None, budget_every: int = 10, budget_ramp: float = 0.5,
-                 cost_aware: str | None = None):
+                 cost_aware: str | None = None, weighting: str = "rms"):
         super().__init__(eps=eps, budget=budget, budget_every=budget_every, budget_ramp=budget_ramp,
-                         cost_aware=cost_aware)
+                         cost_aware=cost_aware, weighting=weighting)
         for name, value in (("lambda_s", lambda_s), ("lambda_r", lambda_r), ("tau", tau)):
             if value < 0:
                 raise ConfigError(f"constraint.{name} must be >= 0, got {value}")
@@ -103,7 +103,8 @@ class JSPConstraint(Constraint):
         for key, per_layer in (stored or {}).items():
             old.setdefault(key, {}).update(per_layer)
         self._load_budget_state(old)
-        self.units, self.counted = UnitSet(self.layers, self.kind), UnitSet(self.layers, self.count_kind)
+        self.units = UnitSet(self.layers, self.kind, self.weighting)
+        self.counted = UnitSet(self.layers, self.count_kind)
         if self.measure == "features":
             self._hook_features()
         dev = self.units.inv_sqrt_dim.device
@@ -194,7 +195,7 @@ class JSPConstraint(Constraint):
         sparse_c, redund_c = self.coefficients()
         total, self._record = weighted_group_norm(self.units, sparse_c + redund_c)
         # The split into the two terms is for logging only; the gradient flows through total.
-        n = self._record.norms * self.units.inv_sqrt_dim
+        n = self._record.norms * self.units.weight
         self.terms = {"sparse": (sparse_c * n).sum(), "redund": (redund_c * n).sum()}
         return total
 
@@ -226,4 +227,5 @@ class JSPConstraint(Constraint):
         return {"lambda_s": self.lambda_s, "lambda_r": self.lambda_r, "tau": self.tau, "beta": self.beta,
                 "count_every": self.count_every, "redund_every": self.redund_every, "eps": self.eps,
                 "count_on": self.count_on, "sign": self.sign, "chance": self.chance, "update": self.update,
-                "measure": self.measure, "budget": self.budget}
+                "measure": self.measure, "budget": self.budget, "cost_aware": self.cost_aware,
+                "weighting": self.weighting}
