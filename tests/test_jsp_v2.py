@@ -266,3 +266,28 @@ def test_cost_aware_pressure_scales_with_what_a_unit_saves():
     c.step(m, lr=1e-3)
     shrink = {n: float((before[n] - l.norms()).mean()) for n, l in layers.items()}
     assert shrink["down.1.3"] > 4 * shrink["inc.0"] > 0
+
+
+def test_sqrt_dim_weighting_presses_large_groups_as_hard_as_small_ones():
+    """A transposed convolution without BatchNorm has s_u = (W_u, b_u) with hundreds of entries;
+    under the spec's 1/sqrt(dim) weight a proximal step barely moves it next to a BatchNorm
+    unit (dim 2); under sqrt_dim both lose a comparable share of their norm."""
+    from jsp.models import UNet
+
+    share = {}
+    for weighting in ("rms", "sqrt_dim"):
+        torch.manual_seed(0)
+        m = UNet(3, 2, width=8, depth=2)
+        c = JSPConstraint(lambda_s=1.0, lambda_r=0.0, weighting=weighting).attach(m, 3)
+        c.min_units, c.a[:] = 0, 0.0
+        layers = {l.name: l for l in c.layers}
+        before = {n: l.norms().clone() for n, l in layers.items()}
+        c.step(m, lr=1e-4)
+        share[weighting] = {n: float(1 - (layers[n].norms() / before[n]).mean()) for n in ("inc.0", "up.0.up")}
+    assert layers["up.0.up"].dim_of("scale") > 100 and layers["inc.0"].dim_of("scale") == 2
+    rms, sq = share["rms"], share["sqrt_dim"]
+    dim = layers["up.0.up"].dim_of("scale")
+    # relative to the BatchNorm unit, sqrt(dim) presses the large group dim / 2 times harder
+    ratio = (sq["up.0.up"] / sq["inc.0"]) / (rms["up.0.up"] / rms["inc.0"])
+    assert ratio == pytest.approx(dim / 2, rel=0.05)
+    assert rms["up.0.up"] < rms["inc.0"] < sq["inc.0"] < sq["up.0.up"]
