@@ -1,7 +1,7 @@
 """The stages of a jsp run: train -> evaluate -> (prune -> evaluate -> fine-tune -> evaluate)*.
 
-This module and jsp/saved_runs.py (jsp-eval, jsp-export) are the only ones that read a Hydra
-config; everything they call takes plain values.
+This module (with jsp/stages.py, the work of its stages) and jsp/saved_runs.py (jsp-eval,
+jsp-export) are the only ones that read a Hydra config; everything they call takes plain values.
 Every evaluated stage is saved (checkpoints/STAGE/ and metrics.json), and training stages
 write checkpoints/last.pt every ``trainer.checkpoint_every`` steps, so ``resume=true`` skips
 finished stages and continues an interrupted one where it stopped.
@@ -21,7 +21,7 @@ from jsp.constraints.base import Scaled
 from jsp.constraints.budget import BudgetController
 from jsp.data import prepare
 from jsp.data.transforms import in_channels
-from jsp.engine import dense_cache, preemption
+from jsp.engine import preemption
 from jsp.engine.checkpoint import load_state, save_state
 from jsp.engine.evaluate import evaluate
 from jsp.engine.logger import RunLogger, flatten, log_units, summary_table
@@ -158,7 +158,7 @@ class Run:
         plan = self.plan()
         trained_here = False
         if self.cfg.get("dense_cache") and "dense" not in self.logger.metrics and self.resume_state is None:
-            trained_here = self.dense_from_cache(plan[0][1])
+            trained_here = stages.dense_from_cache(self, plan[0][1])
         done = [name for name, _ in plan if name in self.logger.metrics]
         if done and not trained_here:  # resume (or go on from a cached dense stage) from the last saved model
             self.restore_stage(done[-1])
@@ -183,28 +183,6 @@ class Run:
         clear_preempted(self.run_dir)
         log.info("\n" + summary_table(self.logger.metrics, self.run_dir, picked))
         return self.logger.metrics
-
-    def dense_from_cache(self, train_dense) -> bool:
-        """Copy the dense stage from ``dense_cache`` or train it and store it there; True if trained here."""
-        container = lambda node: OmegaConf.to_container(node, resolve=True)
-        trainer = {k: v for k, v in container(self.tr).items() if k not in dense_cache.IGNORED_TRAINER_KEYS}
-        key = dense_cache.dense_key({"dataset": self.data_cfg, "model": self.builder, "seed": self.cfg.seed,
-                                     "constraint": container(self.cfg.constraint), "trainer": trainer,
-                                     "device": self.device.type})
-        folder = self.run_dir / "checkpoints" / "dense"
-        with dense_cache.claim(self.cfg.dense_cache, key) as entry:
-            cached = dense_cache.fetch(entry, folder)
-            if cached is None:
-                self.test_stage("dense", "test", train_dense())
-                dense_cache.store(entry, folder, self.logger.metrics["dense"], self.run_dir)
-                return True
-        log.info("dense: copied from %s (trained in %s); this run trains no dense network", entry,
-                 cached.pop("trained_in"))
-        cached.update(schedule=self.schedule.settings(), dense_from=str(entry))
-        self.logger.scalars("test", {k: v for k, v in cached.items() if isinstance(v, (int, float))},
-                            cached.get("global_step", 0))
-        self.logger.stage("dense", cached)
-        return False
 
     def restore_stage(self, name: str) -> None:
         folder = self.run_dir / "checkpoints" / name

@@ -4,7 +4,8 @@ Each is a function over the running job (``jsp.pipeline.Run``: model, constraint
 data, logger), called by the pipeline's stage plan:
 - ``prune``: remove channels to meet a target (with a budget: the zeroed units first);
 - ``uniform``: shrink every layer by one width factor to the budget and re-initialise;
-- ``reinitialise``: fresh weights for the architecture the model has now (``scratch``).
+- ``reinitialise``: fresh weights for the architecture the model has now (``scratch``);
+- ``dense_from_cache``: the dense stage copied from, or stored into, a shared cache.
 """
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ import logging
 import time
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
+from jsp.engine import dense_cache
 from jsp.engine.runtime import patch_loader
 from jsp.models import pad_multiple
 from jsp.pruning import Target, cost_if_pruned, layer_scores, layer_widths, prune as prune_model, taylor_statistic
@@ -91,3 +94,26 @@ def log_widths(run, tag: str, before: dict, t0: float) -> None:
     run.logger.writer.add_text(f"{tag}/widths", table, run.step)
     run.logger.scalars(tag, {"surgery_s": time.time() - t0,
                              "channels_removed": sum(before.values()) - sum(after.values())}, run.step)
+
+
+def dense_from_cache(run, train_dense) -> bool:
+    """Copy the dense stage from ``dense_cache`` or train it and store it there; True if trained here."""
+    container = lambda node: OmegaConf.to_container(node, resolve=True)
+    trainer = {k: v for k, v in container(run.tr).items() if k not in dense_cache.IGNORED_TRAINER_KEYS}
+    key = dense_cache.dense_key({"dataset": run.data_cfg, "model": run.builder, "seed": run.cfg.seed,
+                                 "constraint": container(run.cfg.constraint), "trainer": trainer,
+                                 "device": run.device.type})
+    folder = run.run_dir / "checkpoints" / "dense"
+    with dense_cache.claim(run.cfg.dense_cache, key) as entry:
+        cached = dense_cache.fetch(entry, folder)
+        if cached is None:
+            run.test_stage("dense", "test", train_dense())
+            dense_cache.store(entry, folder, run.logger.metrics["dense"], run.run_dir)
+            return True
+    log.info("dense: copied from %s (trained in %s); this run trains no dense network", entry,
+             cached.pop("trained_in"))
+    cached.update(schedule=run.schedule.settings(), dense_from=str(entry))
+    run.logger.scalars("test", {k: v for k, v in cached.items() if isinstance(v, (int, float))},
+                        cached.get("global_step", 0))
+    run.logger.stage("dense", cached)
+    return False
