@@ -36,7 +36,7 @@ from jsp.metrics import cost_report, count_macs, count_params
 from jsp.models.saved import layer_spec, load_model, save_model
 from jsp.pruning import Target
 from jsp.registry import describe
-from jsp.run_config import build, check_budget, check_control, check_trainer, choices, model_hparams
+from jsp.run_config import build, check_control, effective_budget, check_trainer, choices, model_hparams
 
 log = logging.getLogger("jsp")
 
@@ -70,10 +70,9 @@ class Run:
         self.device = resolve_device(tr.device)
         check_trainer(tr)
         self.constraint = build(cfg.constraint)
-        self.budget = self.constraint.budget
         self.schedule = build(cfg.schedule)
         self.control = cfg.get("control") or "none"
-        check_budget(self.budget, self.schedule)
+        self.budget = self.constraint.budget = effective_budget(self.constraint.budget, self.schedule, self.control)
         check_control(self.control, self.budget, self.schedule)
         self.constraint.min_units = self.schedule.min_channels
 

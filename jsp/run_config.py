@@ -3,11 +3,15 @@ need several settings at once, how a config node is built with jsp's errors, and
 (config-group choices, model settings) a run records."""
 from __future__ import annotations
 
+import logging
+
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from jsp.errors import ConfigError, JSPError
+
+log = logging.getLogger("jsp")
 
 
 def build(node, **kwargs):
@@ -30,12 +34,16 @@ def check_trainer(tr) -> None:
                           f"{tr.checkpoint_every}")
 
 
-def check_budget(budget, schedule) -> None:
-    if budget is None:
-        return
-    if schedule.rounds != 1 or schedule.mode != "threshold":
-        raise ConfigError("constraint.budget needs schedule=oneshot without keep_params/keep_macs: the budget "
-                          "is the pruning target")
+def effective_budget(budget, schedule, control: str = "none"):
+    """``constraint.budget`` is the target of a one-shot threshold schedule. With an explicit
+    schedule target (keep_params / keep_macs), several rounds, no pruning or the uniform
+    control, the schedule decides and the constraint trains without a budget (None)."""
+    if budget is None or schedule.rounds != 1 or schedule.mode != "threshold" or control == "uniform":
+        if budget is not None:
+            log.info("constraint.budget=%s is not used: the schedule sets the target (rounds=%d, %s)", budget,
+                     schedule.rounds, schedule.mode)
+        return None
+    return budget
 
 
 def check_control(control: str, budget, schedule) -> None:
