@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from jsp.data import prepare
 from jsp.data.transforms import in_channels
 from jsp.engine import preemption
 from jsp.engine.checkpoint import load_state, save_state
-from jsp.engine.evaluate import evaluate
+from jsp.engine.evaluate import evaluate, write_per_image
 from jsp.engine.logger import RunLogger, flatten, log_units, summary_table
 from jsp.engine.resume import clear_preempted, load_constraint_stats, mark_preempted, restore_weights, resuming, \
     save_constraint_stats
@@ -174,6 +175,9 @@ class Run:
         final = {**self.logger.metrics[plan[-1][0]], "time_s": time.time() - self.t_start}
         self.logger.stage("final", final)
         save_model(self.run_dir / "checkpoints" / "final", self.model, self.architecture, **self.model_info("final", final))
+        last = self.run_dir / "checkpoints" / plan[-1][0] / "per_image.csv"
+        if last.is_file():  # absent only for a stage copied from a dense cache of an older version
+            shutil.copyfile(last, self.run_dir / "checkpoints" / "final" / "per_image.csv")
         picked = choices(self.cfg)
         self.logger.hparams({**picked, "seed": self.cfg.seed, "steps": self.tr.steps,
                              **flatten(self.constraint.settings(), "constraint"),
@@ -196,8 +200,8 @@ class Run:
 
     def test_stage(self, name: str, prefix: str, val: dict | None = None) -> dict:
         """Evaluate on the test split, with cost; record in metrics.json and save the model."""
-        metrics, examples = self.eval_on("test", self.tr.eval_examples)
-        val = val or self.eval_on("val")[0]  # what sweeps select on: the test split only reports
+        metrics, examples, per_image = self.eval_on("test", self.tr.eval_examples)
+        val = val or self.eval_on("val").metrics  # what sweeps select on: the test split only reports
         metrics.update(val_miou=val["miou"], **({"val_f1": val["f1"]} if "f1" in val else {}))
         metrics.update(cost_report(self.model, self.c_in, self.data.full_size, self.tr.latency_reps))
         metrics.update(log_units(self.logger, self.constraint, self.step), constraint=self.constraint.settings(),
@@ -209,6 +213,7 @@ class Run:
         folder = self.run_dir / "checkpoints" / name
         save_model(folder, self.model, self.architecture, **self.model_info(name, metrics))
         save_constraint_stats(folder, self.constraint.state_dict())
+        write_per_image(folder / "per_image.csv", per_image)
         self.logger.stage(name, metrics)  # last: a stage counts as done once its model is saved
         log.info("%s: test mIoU %.4f | params %s | MACs %.3g | units off %.1f%%", name, metrics["miou"],
                  f"{metrics['params']:,}", metrics["macs"], 100 * metrics["units_off"])
@@ -250,7 +255,7 @@ class Run:
         def validate(model, step):
             self.step = step
             log_units(self.logger, self.constraint, self.step)
-            metrics = self.eval_on("val")[0]
+            metrics = self.eval_on("val").metrics
             if self.constraint.controller is not None and tag == "train":
                 # Only weights whose zeroed units meet the budget may be handed on.
                 metrics.update(kept_cost=stages.kept_cost(self), eligible=self.constraint.controller.exact)

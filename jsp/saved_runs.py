@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from jsp.data import prepare
 from jsp.data.io import set_max_pixels
 from jsp.data.transforms import in_channels
-from jsp.engine.evaluate import evaluate
+from jsp.engine.evaluate import evaluate, write_per_image
 from jsp.errors import JSPError
 from jsp.metrics import cost_report
 from jsp.models import pad_multiple
@@ -58,8 +58,8 @@ def evaluate_saved(cfg: DictConfig, out_dir: Path) -> dict:
         raise JSPError(f"the model takes {meta['in_channels']} input channels but dataset.process.channels="
                        f"{process['channels']} gives {c_in}")
     test = prepare(data.test, process["channels"], process["clahe"])
-    metrics, _ = evaluate(model, test, data.num_classes, device, data.class_names, desc="test",
-                          ignore_index=data.ignore_index)
+    metrics, _, per_image = evaluate(model, test, data.num_classes, device, data.class_names, desc="test",
+                                     ignore_index=data.ignore_index)
     metrics.update(cost_report(model, c_in, data.full_size, cfg.latency_reps))
     saved = {k: v for k, v in meta.get("metrics", {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     same = cfg.get("dataset") is None and all(
@@ -68,12 +68,13 @@ def evaluate_saved(cfg: DictConfig, out_dir: Path) -> dict:
               "saved_metrics": saved, "matches_saved": same}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "eval_metrics.json").write_text(json.dumps(result, indent=2, default=float))
+    write_per_image(out_dir / "per_image.csv", per_image)
     line = " ".join(f"{k} {metrics[k]:.4f}" for k in REPORTED[:6] if k in metrics)
     log.info("%s (%s): %s | params %s | MACs %.3g", folder, meta.get("stage"), line, f"{metrics['params']:,}",
              metrics["macs"])
     if cfg.get("dataset") is None:
         log.info("matches the run's saved test metrics: %s", "yes" if same else "NO")
-    log.info("wrote %s", out_dir / "eval_metrics.json")
+    log.info("wrote %s and per_image.csv", out_dir / "eval_metrics.json")
     return result
 
 

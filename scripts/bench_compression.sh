@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The compression benchmark on DRIVE: every method of method.md s.5 at matched parameter
-# budgets (keep 10 % and 1 %) on the classic UNet, plus MobileNetV3 dense vs jsp at 50 %.
+# budgets (keep 10 % and 1 %) on the classic UNet, with the two controls (uniform: a narrower
+# UNet from scratch; scratch: jsp's pruned architecture re-initialised), plus MobileNetV3
+# dense vs jsp at 50 %.
 #
 #   scripts/bench_compression.sh cpu ../shared/data/DRIVE [OUT] [SEEDS]  # UNet width 16, seed 0 (~35 min, 2 cores)
 #   scripts/bench_compression.sh gpu /data/DRIVE [OUT] [SEEDS]           # UNet width 64, seeds 0,1,2, joblib
@@ -14,7 +16,7 @@ out=${3:-outputs/bench_compression_$tier}
 # network of `method=dense` through dense_cache; they are listed apart so that parallel jobs
 # rarely wait on each other for it. Keep is the outer loop: the second budget reuses every
 # dense network the first one trained.
-methods=l1_norm,slimming,group_lasso,gradient_count,redundancy,jsp,correlation,random
+methods=l1_norm,slimming,group_lasso,gradient_count,redundancy,jsp,correlation,random,uniform,scratch
 if [ "$tier" = cpu ]; then
   width=16; seeds=${4:-0}; launch=()
 else

@@ -157,3 +157,38 @@ def test_a_run_without_a_terminal_logs_progress_lines(tmp_path):
     assert re.search(r"train step 2/6 \| loss \d+\.\d+ \(task \d+\.\d+, penalty [\d.e+-]+\) \| lr [\d.e+-]+ \| "
                      r"[\d.]+ steps/s \| ETA \d+m\d\ds", log), log
     assert "train step 3/6 | val mIoU" in log and "finetune step 4/4 | loss" in log
+
+
+def _summed(per_image_csv: Path):
+    """Rows of a per_image.csv and the metrics of their summed confusion counts."""
+    import csv
+
+    import numpy as np
+
+    from jsp.metrics.segmentation import metrics_from_confusion
+
+    rows = list(csv.DictReader(per_image_csv.open()))
+    k = int(round(sum(1 for c in rows[0] if c.startswith("cm_")) ** 0.5))
+    cm = np.array([[sum(int(r[f"cm_{t}_{p}"]) for r in rows) for p in range(k)] for t in range(k)])
+    return rows, metrics_from_confusion(cm)
+
+
+@pytest.mark.parametrize("stage", ["dense", "pruned", "final"])
+def test_per_image_counts_of_each_test_stage_sum_to_its_metrics(tiny_run, stage):
+    rows, summed = _summed(tiny_run / "checkpoints" / stage / "per_image.csv")
+    metrics = json.loads((tiny_run / "metrics.json").read_text())[stage]
+    assert [r["image"] for r in rows] == ["test_000", "test_001"]
+    for key in ("miou", "f1", "se", "sp", "acc"):
+        assert summed[key] == metrics[key], key
+    f1s = [float(r["f1"]) for r in rows]
+    assert all(0 <= f <= 1 for f in f1s) and min(f1s) <= metrics["f1"] <= max(f1s)
+
+
+def test_jsp_eval_writes_per_image_metrics_that_sum_to_its_own(tiny_run, tmp_path):
+    out = run_cli(f"checkpoint={tiny_run}", f"hydra.run.dir={tmp_path}", entry="eval")
+    assert out.returncode == 0, out.stdout + out.stderr
+    rows, summed = _summed(tmp_path / "per_image.csv")
+    metrics = json.loads((tmp_path / "eval_metrics.json").read_text())["metrics"]
+    assert len(rows) == 2 and summed["miou"] == metrics["miou"] and summed["f1"] == metrics["f1"]
+    train_rows = list(__import__("csv").DictReader((tiny_run / "checkpoints" / "final" / "per_image.csv").open()))
+    assert [r["f1"] for r in rows] == [r["f1"] for r in train_rows]  # the same model, the same images

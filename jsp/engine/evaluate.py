@@ -1,6 +1,10 @@
 """Full-image evaluation: pad to the model's stride, predict, count inside the FOV."""
 from __future__ import annotations
 
+import csv
+from pathlib import Path
+from typing import NamedTuple
+
 import numpy as np
 import torch
 from torch import nn
@@ -24,28 +28,57 @@ def predict(model: nn.Module, x: torch.Tensor, amp: bool = False) -> torch.Tenso
     return logits[..., :h, :w].float().softmax(1)
 
 
+class Evaluation(NamedTuple):
+    """metrics: over all images (confusion counts summed, not per-image means); examples: a few
+    dicts of numpy arrays ``image`` (H, W, C) uint8, ``pred``/``label`` (H, W) int64, ``fov`` (H, W)
+    bool; per_image: one row per image (its name, its metrics and its confusion counts)."""
+
+    metrics: dict
+    examples: list[dict]
+    per_image: list[dict]
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, images: list[Prepared], num_classes: int, device: torch.device,
              class_names: list[str] | None = None, amp: bool = False, num_examples: int = 0,
-             desc: str = "eval", ignore_index: int | None = None) -> tuple[dict, list[dict]]:
-    """Metrics over all ``images`` (accumulated, not averaged per image) and a few examples.
-
-    Returns (metrics dict, examples) where each example holds numpy arrays ``image``
-    (H, W, C) uint8, ``pred`` and ``label`` (H, W) int64 and ``fov`` (H, W) bool.
-    """
+             desc: str = "eval", ignore_index: int | None = None) -> Evaluation:
+    """Metrics over all ``images``, per image, and the first ``num_examples`` predictions."""
     was_training = model.training
     model.eval()
     meter = SegmentationMeter(num_classes, class_names, ignore_index)
-    examples = []
+    examples, per_image = [], []
     for i, im in enumerate(tqdm(images, desc=desc, leave=False, disable=None)):
         x, label, fov = im.tensors()
         probs = predict(model, x[None].to(device), amp)
-        meter.update(probs, label[None].to(device), fov[None].to(device))
+        one = SegmentationMeter(num_classes, class_names, ignore_index)
+        one.update(probs, label[None].to(device), fov[None].to(device))
+        meter.merge(one)
+        per_image.append(image_row(im.name, one))
         if i < num_examples:
             pred = probs[0].argmax(0).cpu().numpy()
             examples.append({"image": im.image, "pred": pred, "label": im.label, "fov": im.fov})
     model.train(was_training)
-    return meter.compute(), examples
+    return Evaluation(meter.compute(), examples, per_image)
+
+
+def image_row(name: str, meter: SegmentationMeter) -> dict:
+    """One image's row: its metrics (per-class IoU as ``iou_<class>``) and confusion counts
+    ``cm_<target>_<predicted>``, so that summing the counts over images gives the set's metrics."""
+    metrics = meter.compute()
+    row = {"image": name, **{k: v for k, v in metrics.items() if k != "iou"}}
+    row.update({f"iou_{c}": v for c, v in metrics["iou"].items()})
+    cm = meter.cm.numpy()
+    row.update({f"cm_{t}_{p}": int(cm[t, p]) for t in range(len(cm)) for p in range(len(cm))})
+    return row
+
+
+def write_per_image(path: Path, rows: list[dict]) -> None:
+    """``rows`` (from :func:`evaluate`) as CSV, one line per image; empty values for undefined IoU."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["image"])
+        writer.writeheader()
+        writer.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in rows)
 
 
 PALETTE = np.array([[0, 0, 0], [255, 255, 255], [230, 25, 75], [60, 180, 75], [255, 225, 25],

@@ -88,6 +88,12 @@ class SegmentationMeter:
             self.pos += torch.bincount(bins[positive], minlength=AUC_BINS).cpu()
             self.neg += torch.bincount(bins[~positive], minlength=AUC_BINS).cpu()
 
+    def merge(self, other: "SegmentationMeter") -> None:
+        """Add another meter's counts (same classes): the totals of both evaluation sets."""
+        self.cm += other.cm
+        self.pos += other.pos
+        self.neg += other.neg
+
     def compute(self) -> dict:
         out = metrics_from_confusion(self.cm, self.class_names)
         if self.num_classes == 2:
