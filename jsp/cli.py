@@ -64,6 +64,14 @@ def export_main(cfg: DictConfig) -> None:
     _guarded(export_saved, cfg)
 
 
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="predict")
+def predict_main(cfg: DictConfig) -> None:
+    """Segment images (a file or a folder) with a saved model; write masks."""
+    from jsp.saved_runs import predict_saved
+
+    _guarded(predict_saved, cfg)
+
+
 class OutputDirCheck(Callback):
     """Create the run (or sweep) folder before Hydra does, so that a read-only or impossible
     ``hydra.run.dir`` is one line and exit 2 instead of a traceback from inside Hydra."""
