@@ -39,7 +39,7 @@ def objective(final: dict, max_params: int | None) -> float:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
-def train_main(cfg: DictConfig) -> float:
+def _train(cfg: DictConfig) -> float:
     """Run one job; returns ``objective`` (validation mIoU, budget-penalised) for sweepers."""
     from jsp.pipeline import run
 
@@ -48,7 +48,7 @@ def train_main(cfg: DictConfig) -> float:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
-def eval_main(cfg: DictConfig) -> float:
+def _eval(cfg: DictConfig) -> float:
     """Evaluate a saved model (dense or pruned) on a test split."""
     from jsp.saved_runs import evaluate_saved
 
@@ -57,7 +57,7 @@ def eval_main(cfg: DictConfig) -> float:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="export")
-def export_main(cfg: DictConfig) -> None:
+def _export(cfg: DictConfig) -> None:
     """Export a saved model to TorchScript and ONNX."""
     from jsp.saved_runs import export_saved
 
@@ -65,11 +65,31 @@ def export_main(cfg: DictConfig) -> None:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="predict")
-def predict_main(cfg: DictConfig) -> None:
+def _predict(cfg: DictConfig) -> None:
     """Segment images (a file or a folder) with a saved model; write masks."""
     from jsp.saved_runs import predict_saved
 
     _guarded(predict_saved, cfg)
+
+
+def _with_version(main, command: str):
+    """``main`` (a Hydra entry point), answering ``--version`` / ``-V`` itself: Hydra's own flag
+    prints only Hydra's version."""
+    def entry():
+        if any(a in ("--version", "-V") for a in sys.argv[1:]):
+            from jsp.provenance import version_line
+
+            print(version_line(command))
+            return None
+        return main()
+    entry.__doc__ = main.__doc__
+    return entry
+
+
+train_main = _with_version(_train, "jsp-train")
+eval_main = _with_version(_eval, "jsp-eval")
+export_main = _with_version(_export, "jsp-export")
+predict_main = _with_version(_predict, "jsp-predict")
 
 
 class OutputDirCheck(Callback):

@@ -35,6 +35,7 @@ from jsp.errors import ConfigError
 from jsp.files import RunLock, probe_writable
 from jsp.metrics import cost_report, count_macs, count_params
 from jsp.models.saved import layer_spec, load_model, save_model
+from jsp.provenance import hydra_overrides, provenance
 from jsp.pruning import Target
 from jsp.registry import describe
 from jsp.run_config import build, check_control, effective_budget, check_trainer, choices, model_hparams
@@ -76,6 +77,7 @@ class Run:
         self.budget = self.constraint.budget = effective_budget(self.constraint.budget, self.schedule, self.control)
         check_control(self.control, self.budget, self.schedule)
         self.constraint.min_units = self.schedule.min_channels
+        self.provenance = provenance(hydra_overrides())
 
         # Data: the loader returns raw splits; "process" says how they become tensors.
         self.data_cfg = OmegaConf.to_container(cfg.dataset, resolve=True)
@@ -172,7 +174,8 @@ class Run:
             val = work()  # a training stage returns its best validation metrics: the weights it hands on
             prefix = {"dense": "test"}.get(name, name.replace("pruned", "prune").replace("finetuned", "finetune") + "/test")
             self.test_stage(name, prefix, val)
-        final = {**self.logger.metrics[plan[-1][0]], "time_s": time.time() - self.t_start}
+        final = {**self.logger.metrics[plan[-1][0]], "time_s": time.time() - self.t_start,
+                 "provenance": self.provenance}
         self.logger.stage("final", final)
         save_model(self.run_dir / "checkpoints" / "final", self.model, self.architecture, **self.model_info("final", final))
         last = self.run_dir / "checkpoints" / plan[-1][0] / "per_image.csv"
@@ -223,7 +226,8 @@ class Run:
         return dict(stage=stage, dataset=self.data_record, process=self.process, input_size=list(self.data.full_size),
                     in_channels=self.c_in,
                     class_names=list(self.data.class_names), ignore_index=self.data.ignore_index,
-                    metrics={k: v for k, v in metrics.items() if k != "units_off_layers"})
+                    metrics={k: v for k, v in metrics.items() if k not in ("units_off_layers", "provenance")},
+                    provenance=self.provenance)
 
     def train_stage(self, steps: int, tag: str, val_tag: str, constraint, lr: float, seed: int,
                     validate_start: bool = False) -> dict:

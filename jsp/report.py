@@ -247,9 +247,16 @@ def write_pareto(rows: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
+def _version() -> str:
+    from jsp.provenance import version_line
+
+    return version_line("jsp-report")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="jsp-report", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--version", action="version", version=_version())
     ap.add_argument("paths", nargs="+", help="run dirs or multirun dirs")
     ap.add_argument("--out", help="where to write (default: the first path)")
     args = ap.parse_args(argv)

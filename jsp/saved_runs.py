@@ -22,6 +22,7 @@ from jsp.errors import JSPError
 from jsp.metrics import cost_report
 from jsp.models import pad_multiple
 from jsp.models.saved import dataset_of, load_model
+from jsp.provenance import hydra_overrides, provenance
 from jsp.registry import check_process, table
 from jsp.engine.runtime import resolve_device
 
@@ -71,7 +72,8 @@ def evaluate_saved(cfg: DictConfig, out_dir: Path) -> dict:
         k not in saved or abs(saved[k] - metrics[k]) <= TOLERANCE.get(k, 1e-9) * max(1.0, abs(saved[k]))
         for k in REPORTED if k in metrics)
     result = {"checkpoint": str(folder), "stage": meta.get("stage"), "metrics": metrics,
-              "saved_metrics": saved, "matches_saved": same}
+              "saved_metrics": saved, "matches_saved": same, "provenance": provenance(hydra_overrides()),
+              "model_provenance": meta.get("provenance")}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "eval_metrics.json").write_text(json.dumps(result, indent=2, default=float))
     write_per_image(out_dir / "per_image.csv", per_image)
@@ -85,34 +87,64 @@ def evaluate_saved(cfg: DictConfig, out_dir: Path) -> dict:
 
 
 def export_saved(cfg: DictConfig) -> list[Path]:
-    """Write TorchScript (.pt) and/or ONNX (.onnx) files of a saved model."""
+    """Write TorchScript (.pt) and/or ONNX (.onnx, dynamic batch and image size) files of a saved
+    model. ONNX needs the optional extra; without it that format is skipped with one line."""
     folder = model_folder(cfg.checkpoint)
     model, meta = load_model(folder, "cpu", int(cfg.max_model_params))
+    model.eval()
+    unknown = [f for f in cfg.formats if f not in ("torchscript", "onnx")]
+    if unknown:
+        raise JSPError(f"formats must be torchscript and/or onnx, got {unknown[0]!r}")
     out = Path(cfg.out) if cfg.out else folder / "export"
     out.mkdir(parents=True, exist_ok=True)
     size = list(cfg.input_size or meta.get("input_size") or [256, 256])
     m = pad_multiple(model)
     size = [-(-s // m) * m for s in size]  # the network needs sides divisible by its stride
-    example = torch.zeros(1, meta.get("in_channels", 3), *size)
+    example = torch.randn(1, meta.get("in_channels", 3), *size, generator=torch.Generator().manual_seed(0))
     written = []
     for fmt in cfg.formats:
         if fmt == "torchscript":
             path = out / "model.torchscript.pt"
             with torch.no_grad():
                 torch.jit.trace(model, example).save(str(path))
-        elif fmt == "onnx":
-            path = out / "model.onnx"
-            try:
-                import onnx  # noqa: F401  (the optional extra: pip install -e ".[export]")
-            except ImportError:
-                raise JSPError('ONNX export needs the optional extra: pip install -e ".[export]"') from None
-            torch.onnx.export(model, (example,), str(path), input_names=["image"], output_names=["logits"],
-                              dynamo=False)
+            log.info("wrote %s (traced at 1x%dx%dx%d)", path, example.shape[1], *size)
         else:
-            raise JSPError(f"formats must be torchscript and/or onnx, got {fmt!r}")
-        log.info("wrote %s (input 1x%dx%dx%d)", path, example.shape[1], *size)
+            path = export_onnx(model, example, out / "model.onnx")
+            if path is None:
+                continue
         written.append(path)
     return written
+
+
+def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> Path | None:
+    """ONNX with dynamic batch, height and width (sides must stay multiples of the model's stride),
+    checked against PyTorch with onnxruntime when it is installed. None when onnx is missing."""
+    try:
+        import onnx  # noqa: F401  (the optional extra)
+    except ImportError:
+        log.warning('ONNX skipped: it needs the optional extra, pip install "jsp[export]" '
+                    '(or pip install -e ".[export]" in a checkout)')
+        return None
+    axes = {0: "batch", 2: "height", 3: "width"}
+    torch.onnx.export(model, (example,), str(path), input_names=["image"], output_names=["logits"],
+                      dynamic_axes={"image": axes, "logits": axes}, dynamo=False)
+    log.info("wrote %s (dynamic batch and image size)", path)
+    try:
+        import onnxruntime
+    except ImportError:
+        log.info("onnxruntime is not installed: the ONNX file was not run")
+        return path
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    m = pad_multiple(model)
+    for x in (example, torch.randn(2, example.shape[1], example.shape[2] + m, example.shape[3] + 2 * m)):
+        with torch.no_grad():
+            expected = model(x).numpy()
+        got = session.run(None, {"image": x.numpy()})[0]
+        diff = float(abs(got - expected).max())
+        if got.shape != expected.shape or diff > 1e-3 * max(1.0, float(abs(expected).max())):
+            raise JSPError(f"{path}: onnxruntime differs from PyTorch on input {list(x.shape)} (max diff {diff:.3g})")
+        log.info("onnxruntime matches PyTorch on input %s (max diff %.2g)", list(x.shape), diff)
+    return path
 
 
 def predict_saved(cfg: DictConfig) -> list[Path]:
