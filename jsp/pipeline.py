@@ -25,7 +25,7 @@ from jsp.data.transforms import in_channels
 from jsp.engine import preemption
 from jsp.engine.checkpoint import load_state, save_state
 from jsp.engine.evaluate import evaluate, write_per_image
-from jsp.engine.logger import RunLogger, flatten, log_units, summary_table
+from jsp.engine.logger import RunLogger, log_units, summary_table
 from jsp.engine.resume import clear_preempted, load_constraint_stats, mark_preempted, restore_weights, resuming, \
     save_constraint_stats
 from jsp.engine.runtime import patch_loader, resolve_device, seed_everything
@@ -38,7 +38,7 @@ from jsp.models.saved import layer_spec, load_model, save_model
 from jsp.provenance import hydra_overrides, provenance
 from jsp.pruning import Target
 from jsp.registry import describe
-from jsp.run_config import build, check_control, effective_budget, check_trainer, choices, model_hparams
+from jsp.run_config import build, check_control, effective_budget, check_trainer, choices, config_hparams
 
 log = logging.getLogger("jsp")
 
@@ -182,9 +182,8 @@ class Run:
         if last.is_file():  # absent only for a stage copied from a dense cache of an older version
             shutil.copyfile(last, self.run_dir / "checkpoints" / "final" / "per_image.csv")
         picked = choices(self.cfg)
-        self.logger.hparams({**picked, "seed": self.cfg.seed, "steps": self.tr.steps,
-                             **flatten(self.constraint.settings(), "constraint"),
-                             **flatten(self.schedule.settings(), "schedule"), **model_hparams(self.cfg)}, final)
+        self.logger.hparams({**picked, **config_hparams(self.cfg)}, final)
+        self.logger.config_text(OmegaConf.to_yaml(self.cfg), self.step)
         self.logger.close()
         clear_preempted(self.run_dir)
         log.info("\n" + summary_table(self.logger.metrics, self.run_dir, picked))
@@ -211,7 +210,8 @@ class Run:
                        schedule=self.schedule.settings(), global_step=self.step)
         metrics.update(params_ratio=metrics["params"] / self.dense_cost["params"],
                        macs_ratio=metrics["macs"] / self.dense_cost["macs"])
-        self.logger.scalars(prefix, metrics, self.step)
+        # Settings go to metrics.json and the HParams tab, not to the scalars.
+        self.logger.scalars(prefix, {k: v for k, v in metrics.items() if k not in ("constraint", "schedule")}, self.step)
         self.logger.examples(prefix, examples, self.step)
         folder = self.run_dir / "checkpoints" / name
         save_model(folder, self.model, self.architecture, **self.model_info(name, metrics))

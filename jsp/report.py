@@ -63,6 +63,7 @@ def describe(run: Path) -> dict:
            "seed": cfg.get("seed", "?"), "run": str(run)}
     row.update({k: final.get(k, float("nan")) for k in QUALITY})
     row["own_dense_miou"] = stages.get("dense", {}).get("miou", float("nan"))  # before pruning
+    row["own_dense_params"] = stages.get("dense", {}).get("params", float("nan"))
     first = stages.get("pruned", stages.get("pruned_1", {}))  # the pruned network before fine-tuning
     row.update(pruned_miou=first.get("miou", float("nan")), pruned_f1=first.get("f1", float("nan")),
                zeroed=stages.get("dense", {}).get("units_off", float("nan")))  # units the constraint switched off
@@ -194,6 +195,23 @@ def write_tables(rows: list[dict], out: Path) -> None:
     (out / "summary.md").write_text("\n".join(lines) + "\n")
 
 
+def pareto_curves(rows: list[dict]) -> dict[tuple, list[tuple]]:
+    """(method, model, dataset) -> [(mean params, mean mIoU, std)] per setting; "dense" from
+    method=dense runs, else from the runs' own dense stages (the networks they pruned)."""
+    curves = defaultdict(list)  # (method, model, dataset) -> [(params, mean, std)]
+    for (dataset, method, model, _, _), rs in groups_of(rows).items():
+        mean, std = _stats([r["miou"] for r in rs])
+        curves[(method, model, dataset)].append((statistics.fmean(r["params"] for r in rs), mean, std))
+    for model, dataset in {(r["model"], r["dataset"]) for r in rows} - {(m, d) for k, m, d in curves if k == "dense"}:
+        # No method=dense runs: the reference is the runs' own dense stages (what they pruned).
+        own = [r for r in rows if (r["model"], r["dataset"]) == (model, dataset)
+               and not math.isnan(r.get("own_dense_miou", math.nan)) and r.get("own_dense_params", 0) > r["params"]]
+        if own:
+            mean, std = _stats([r["own_dense_miou"] for r in own])
+            curves[("dense", model, dataset)].append((statistics.fmean(r["own_dense_params"] for r in own), mean, std))
+    return curves
+
+
 def write_pareto(rows: list[dict], out: Path) -> None:
     """Two panels, same lines: every setting (left) and the top 0.03 mIoU zoomed in (right).
 
@@ -206,10 +224,7 @@ def write_pareto(rows: list[dict], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     datasets, models = sorted({r["dataset"] for r in rows}), sorted({r["model"] for r in rows})
-    curves = defaultdict(list)  # (method, model, dataset) -> [(params, mean, std)]
-    for (dataset, method, model, _, _), rs in groups_of(rows).items():
-        mean, std = _stats([r["miou"] for r in rs])
-        curves[(method, model, dataset)].append((statistics.fmean(r["params"] for r in rs), mean, std))
+    curves = pareto_curves(rows)
     methods = sorted({m for m, _, _ in curves if m != "dense"})
     colours = plt.get_cmap("tab20" if len(methods) > 10 else "tab10")
     markers = "osD^vP*Xhp<>"

@@ -7,7 +7,7 @@ import logging
 
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from jsp.errors import ConfigError, JSPError
 
@@ -75,5 +75,18 @@ def choices(cfg: DictConfig) -> dict:
     return picked
 
 
-def model_hparams(cfg: DictConfig) -> dict:
-    return {f"model.{k}": v for k, v in cfg.model.items() if isinstance(v, (int, float, str)) and k != "_target_"}
+def config_hparams(cfg: DictConfig) -> dict:
+    """The whole composed config as one flat HParams row: ``trainer.lr``, ``schedule.importance``,
+    ``schedule.keep_params``...; numbers and booleans as they are, strings, None and lists as text."""
+    try:
+        tree = OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # noqa: BLE001  (an interpolation only Hydra can resolve: keep it as written)
+        tree = OmegaConf.to_container(cfg, resolve=False)
+
+    def walk(node, prefix: str) -> dict:
+        if isinstance(node, dict):
+            return {k: v for key, value in node.items() for k, v in walk(value, f"{prefix}{key}.").items()}
+        value = node if isinstance(node, (bool, int, float, str)) else str(node)
+        return {prefix[:-1]: value}
+
+    return walk(tree, "")

@@ -124,6 +124,17 @@ def test_tie_and_collapsed_runs_are_reported_as_such():
     assert random["collapsed"] == 2 and budget["ranked"][0]["collapsed"] == 0
 
 
+def test_pareto_reference_is_the_runs_own_dense_stage_without_dense_runs():
+    from jsp.report import pareto_curves
+
+    rows = [dict(_row("jsp", 0.1, s, 0.78), own_dense_miou=0.80 + 0.01 * s, own_dense_params=10_000) for s in range(3)]
+    rows.append(dict(_row("uniform", 0.1, 0, 0.70), own_dense_miou=0.70, own_dense_params=100))  # never pruned
+    (dense,) = pareto_curves(rows)[("dense", "unet", "drive")]
+    assert dense[0] == 10_000 and dense[1] == pytest.approx(0.81) and dense[2] == pytest.approx(0.01)
+    with_dense = rows + [dict(_row("dense", 1.0, 0, 0.9), params=10_000)]
+    assert pareto_curves(with_dense)[("dense", "unet", "drive")] == [(10_000, 0.9, 0.0)]
+
+
 def test_report_says_when_there_is_nothing(tmp_path, capsys):
     assert report_main([str(tmp_path)]) == 2
     assert "no finished runs" in capsys.readouterr().err
@@ -187,3 +198,34 @@ def test_sweeps_optimise_validation_never_test():
     assert objective(final, None) == 0.6
     assert objective(final, 1000) == 0.6
     assert objective(final, 99) == pytest.approx(-0.4)
+
+
+def _hparams_row(run_dir: Path) -> dict:
+    """The HParams-tab row a run wrote: {setting: value} from its session-start summary."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    acc = EventAccumulator(str(run_dir / "tensorboard"))
+    acc.Reload()
+    content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    info = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+    return {k: v.WhichOneof("kind") and getattr(v, v.WhichOneof("kind")) for k, v in info.hparams.items()}
+
+
+def test_a_sweep_over_importance_gives_distinguishable_hparams_rows(tmp_path):
+    out = run_cli("-m", *TINY, "schedule.importance=l1_norm,random", "schedule.keep_params=0.5",
+                  f"hydra.sweep.dir={tmp_path}")
+    assert out.returncode == 0, out.stdout + out.stderr
+    rows = [_hparams_row(tmp_path / str(i)) for i in (0, 1)]
+    assert [r["schedule.importance"] for r in rows] == ["l1_norm", "random"]
+    for row in rows:  # strings, None and numbers alike: the whole config, once
+        assert row["trainer.lr"] == pytest.approx(3e-3) and row["trainer.batch_size"] == 2
+        assert row["schedule.keep_params"] == 0.5 and row["schedule.keep_macs"] == "None"
+        assert row["method"] == f"jsp+{row['schedule.importance']}" and row["dataset._target_"] == "jsp.data.make_synthetic"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "0" / "tensorboard"))
+    acc.Reload()
+    scalars = acc.Tags()["scalars"]
+    assert not [t for t in scalars if "/constraint/" in t or "/schedule/" in t]  # settings are not plotted
+    assert "test/miou" in scalars and "config/text_summary" in acc.Tags()["tensors"]

@@ -54,8 +54,12 @@ class RunLogger:
         tmp.write_text(json.dumps(self.metrics, indent=2, default=float))
         tmp.replace(path)
 
+    def config_text(self, yaml: str, step: int) -> None:
+        """The composed config, readable in TensorBoard's Text tab."""
+        self.writer.add_text("config", "    " + yaml.replace("\n", "\n    "), step)  # indented: shown verbatim
+
     def hparams(self, hparams: dict, final: dict) -> None:
-        """One HParams-tab row: the run's settings and its final metrics."""
+        """One HParams-tab row: the run's settings (str/number/bool) and its final metrics."""
         clean = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in hparams.items()}
         keys = ("miou", "f1", "auc", "params", "macs", "weight_mb", "units_off")
         metrics = {f"hparams/{k}": float(final[k]) for k in keys if isinstance(final.get(k), (int, float))}
