@@ -29,7 +29,7 @@ class TrainerConfig:
     channels_last: Any = "auto"     # auto | true | false
     num_workers: Any = "auto"       # auto | a number
     eval_examples: int = 2
-    latency_reps: int = 3
+    latency_s: float = 2.0
     optimizer: Any = field(default_factory=dict)
     loss: Any = field(default_factory=dict)
 

@@ -205,7 +205,8 @@ class Run:
         metrics, examples, per_image = self.eval_on("test", self.tr.eval_examples)
         val = val or self.eval_on("val").metrics  # what sweeps select on: the test split only reports
         metrics.update(val_miou=val["miou"], **({"val_f1": val["f1"]} if "f1" in val else {}))
-        metrics.update(cost_report(self.model, self.c_in, self.data.full_size, self.tr.latency_reps))
+        metrics.update(cost_report(self.model, self.c_in, self.data.full_size, self.tr.latency_s,
+                                   self.device))
         metrics.update(log_units(self.logger, self.constraint, self.step), constraint=self.constraint.settings(),
                        schedule=self.schedule.settings(), global_step=self.step)
         metrics.update(params_ratio=metrics["params"] / self.dense_cost["params"],

@@ -66,7 +66,7 @@ def evaluate_saved(cfg: DictConfig, out_dir: Path) -> dict:
     test = prepare(data.test, process["channels"], process["clahe"])
     metrics, _, per_image = evaluate(model, test, data.num_classes, device, data.class_names, desc="test",
                                      ignore_index=data.ignore_index)
-    metrics.update(cost_report(model, c_in, data.full_size, cfg.latency_reps))
+    metrics.update(cost_report(model, c_in, data.full_size, cfg.latency_s, device))
     saved = {k: v for k, v in meta.get("metrics", {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     same = cfg.get("dataset") is None and all(
         k not in saved or abs(saved[k] - metrics[k]) <= TOLERANCE.get(k, 1e-9) * max(1.0, abs(saved[k]))

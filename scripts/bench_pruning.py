@@ -17,7 +17,7 @@ import torch
 
 from jsp.constraints import find_units
 from jsp.metrics import count_macs, count_params
-from jsp.metrics.cost import cpu_latency_ms
+from jsp.metrics.cost import latency
 from jsp.models import UNet
 from jsp.pruning import Target, layer_scores, prune
 
@@ -30,14 +30,14 @@ def main() -> None:
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--size", type=int, nargs=2, default=[584, 565], help="H W (DRIVE's full image)")
     ap.add_argument("--keep", type=float, nargs="+", default=[0.5, 0.25, 0.1, 0.01])
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--latency-s", type=float, default=10.0, help="at most this many seconds timing each network")
     ap.add_argument("--out", default="outputs/bench_pruning.json")
     args = ap.parse_args()
     torch.manual_seed(0)
     size = tuple(args.size)
     dense = UNet(3, 2, args.width, args.depth).eval()
     d_params, d_macs = count_params(dense), count_macs(dense, 3, size)
-    d_lat = cpu_latency_ms(dense, 3, size, args.reps)
+    d_lat = latency(dense, 3, size, "cpu", args.latency_s)["ms"]
     rows = [{"keep": 1.0, "params": d_params, "macs": d_macs, "latency_ms": d_lat, "surgery_s": 0.0}]
     print(f"dense: {d_params / 1e6:.2f} M params, {d_macs / 1e9:.1f} GMACs, {d_lat:.0f} ms")
     for keep in args.keep:
@@ -47,7 +47,7 @@ def main() -> None:
         prune(model, layers, layer_scores("l1_norm", layers, {}), Target("params", keep), 3, 64, size)
         surgery = time.perf_counter() - t0
         row = {"keep": keep, "params": count_params(model), "macs": count_macs(model, 3, size),
-               "latency_ms": cpu_latency_ms(model, 3, size, args.reps), "surgery_s": surgery}
+               "latency_ms": latency(model, 3, size, "cpu", args.latency_s)["ms"], "surgery_s": surgery}
         rows.append(row)
         print(f"keep {keep}: {row['params'] / 1e6:.3f} M params, surgery {surgery:.1f} s, {row['latency_ms']:.0f} ms")
     print(f"\n{'keep':>6} {'params':>10} {'params%':>8} {'GMACs':>8} {'MACs%':>7} {'latency ms':>11} "

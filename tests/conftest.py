@@ -18,7 +18,7 @@ TINY_SYNTHETIC = ["dataset.image_size=48", "dataset.num_train=4", "dataset.num_v
 TINY_TRAIN = [
     "model.width=4", "model.depth=2",
     "trainer.steps=6", "trainer.batch_size=2", "trainer.val_every=3", "trainer.log_every=2",
-    "trainer.warmup_steps=1", "trainer.latency_reps=1", "trainer.device=cpu",
+    "trainer.warmup_steps=1", "trainer.latency_s=0.05", "trainer.device=cpu",
     "schedule.finetune_steps=4",
 ]
 TINY = TINY_SYNTHETIC + TINY_TRAIN

@@ -205,7 +205,7 @@ def test_a_budget_run_meets_the_budget_by_threshold_pruning_with_the_function_un
     from tests.conftest import TINY_SYNTHETIC
 
     overrides = [*TINY_SYNTHETIC, "model.width=8", "model.depth=2", "trainer.steps=150", "trainer.batch_size=4",
-                 "trainer.val_every=50", "trainer.latency_reps=0", "trainer.eval_examples=0", "trainer.device=cpu",
+                 "trainer.val_every=50", "trainer.latency_s=0", "trainer.eval_examples=0", "trainer.device=cpu",
                  "schedule.finetune_steps=0", "constraint.budget=0.3", "constraint.lambda_s=20",
                  "constraint.lambda_r=20"]
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):

@@ -67,3 +67,17 @@ def test_cost_of_a_single_conv():
     conv.pad_multiple = 1
     assert count_macs(conv, 3, (10, 12)) == 3 * 8 * 9 * 10 * 12
     assert weight_mb(conv) == pytest.approx((3 * 8 * 9 + 8) * 4 / 2**20)
+
+
+def test_latency_is_timed_adaptively_with_a_fixed_thread_count():
+    from torch import nn
+
+    from jsp.metrics.cost import cost_report, latency
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 2, 1))
+    small = latency(model, 3, (32, 32), "cpu", max_run_time=0.5)
+    assert small["threads"] == torch.get_num_threads() and small["runs"] >= 2
+    assert small["ms"] > 0 and small["iqr_ms"] >= 0
+    report = cost_report(model, 3, (32, 32), latency_s=0.2)
+    assert {"latency_ms", "latency_iqr_ms", "latency_runs", "latency_threads"} <= set(report)
+    assert "latency_ms" not in cost_report(model, 3, (32, 32), latency_s=0)

@@ -25,7 +25,7 @@ from pathlib import Path
 import jsp
 
 # What the dense stage does not depend on: where it logs and how often, and how it reports.
-IGNORED_TRAINER_KEYS = ("log_every", "progress_every", "checkpoint_every", "eval_examples", "latency_reps", "num_workers")
+IGNORED_TRAINER_KEYS = ("log_every", "progress_every", "checkpoint_every", "eval_examples", "latency_s", "num_workers")
 
 
 def _source_hash() -> str:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import time
 
 import torch
 from torch import nn
@@ -41,30 +40,43 @@ def count_macs(model: nn.Module, in_channels: int, size: tuple[int, int]) -> int
 
 
 @torch.no_grad()
-def cpu_latency_ms(model: nn.Module, in_channels: int, size: tuple[int, int], reps: int = 5) -> float:
-    """Median CPU wall time (ms) of a batch-1 forward pass at ``size`` (padded as at evaluation)."""
+def latency(model: nn.Module, in_channels: int, size: tuple[int, int], device: torch.device | str = "cpu",
+            max_run_time: float = 5.0) -> dict:
+    """Forward-pass wall time of batch 1 at ``size`` (padded as at evaluation) on ``device``, by
+    ``torch.utils.benchmark``: a warm-up call, then timed blocks until the spread settles (IQR
+    under 10 % of the median) or ``max_run_time`` s; CUDA is synchronised, the thread count fixed.
+
+    Returns {"ms": median, "iqr_ms", "runs": timed calls, "threads"}.
+    """
+    from torch.utils import benchmark
+
     from jsp.models import pad_multiple
 
     m = pad_multiple(model)
     h, w = (-(-s // m) * m for s in size)
-    cpu_model = copy.deepcopy(model).cpu().float().eval()
-    x = torch.zeros(1, in_channels, h, w)
-    cpu_model(x)  # warm-up: first call allocates
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        cpu_model(x)
-        times.append(time.perf_counter() - t0)
-    return 1000 * sorted(times)[len(times) // 2]
+    copy_ = copy.deepcopy(model).to(device).float().eval()
+    x = torch.zeros(1, in_channels, h, w, device=device)
+    copy_(x)  # warm-up: the first call allocates (and picks CUDA kernels)
+    threads = torch.get_num_threads()
+    timer = benchmark.Timer("model(x)", globals={"model": copy_, "x": x}, num_threads=threads)
+    result = timer.adaptive_autorange(threshold=0.1, min_run_time=0.01, max_run_time=max_run_time)
+    return {"ms": 1000 * result.median, "iqr_ms": 1000 * result.iqr,
+            "runs": int(result.number_per_run * len(result.raw_times)), "threads": threads}
 
 
-def cost_report(model: nn.Module, in_channels: int, size: tuple[int, int], latency_reps: int = 0) -> dict:
-    """params, macs, weight_mb (and latency_ms when latency_reps > 0) of ``model`` at ``size``."""
+def cost_report(model: nn.Module, in_channels: int, size: tuple[int, int], latency_s: float = 0.0,
+                device: torch.device | str = "cpu") -> dict:
+    """params, macs, weight_mb at ``size``; with latency_s > 0 also the CPU latency of batch 1
+    (``latency_ms``, its IQR, timed calls, threads) and, for a CUDA ``device``, ``latency_cuda_ms``."""
     out = {
         "params": count_params(model),
         "macs": count_macs(model, in_channels, size),
         "weight_mb": weight_mb(model),
     }
-    if latency_reps > 0:
-        out["latency_ms"] = cpu_latency_ms(model, in_channels, size, latency_reps)
+    if latency_s > 0:
+        cpu = latency(model, in_channels, size, "cpu", latency_s)
+        out.update(latency_ms=cpu["ms"], latency_iqr_ms=cpu["iqr_ms"], latency_runs=cpu["runs"],
+                   latency_threads=cpu["threads"])
+        if torch.device(device).type == "cuda":
+            out["latency_cuda_ms"] = latency(model, in_channels, size, device, latency_s)["ms"]
     return out
