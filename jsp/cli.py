@@ -14,6 +14,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 from jsp import configs  # noqa: F401  (registers the typed schemas before any compose)
 from jsp.errors import JSPError
@@ -132,6 +133,11 @@ def _guarded(fn, *args):
         if os.environ.get("JSP_DEBUG"):
             raise
         log.error("%s", e)
+        sys.exit(2)
+    except OmegaConfBaseException as e:  # e.g. a mandatory value (checkpoint=...) left out
+        if os.environ.get("JSP_DEBUG"):
+            raise
+        print(f"jsp: config error: {config_error_line(e)}", file=sys.stderr)
         sys.exit(2)
 
 

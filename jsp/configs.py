@@ -1,5 +1,6 @@
 """Typed schemas for the config groups whose keys are fixed (trainer, schedule, dataset
-processing), registered in Hydra's ConfigStore as each group's ``base``. The YAML options
+processing), registered in Hydra's ConfigStore as each group's ``base``, and for the primary
+configs of jsp-eval, jsp-export and jsp-predict (``<name>_schema``). The YAML options
 extend them, so a wrong type (``trainer.lr=abc``) or an unknown key (``trainer.stesp=10``)
 fails when the config is composed, before anything runs. Ranges are checked where the value
 is used (the classes the config builds).
@@ -61,8 +62,48 @@ class ProcessConfig:
     augment: bool = True
 
 
+@dataclass
+class EvalConfig:
+    """jsp-eval (conf/eval.yaml)."""
+    checkpoint: str = "???"
+    dataset: Any = None
+    max_model_params: int = 2_000_000_000
+    max_image_pixels: int = 200_000_000
+    device: str = "auto"
+    latency_s: float = 2.0
+
+
+@dataclass
+class ExportConfig:
+    """jsp-export (conf/export.yaml)."""
+    checkpoint: str = "???"
+    max_model_params: int = 2_000_000_000
+    formats: list = field(default_factory=lambda: ["torchscript", "onnx"])
+    out: Optional[str] = None
+    input_size: Optional[list] = None
+
+
+@dataclass
+class PredictConfig:
+    """jsp-predict (conf/predict.yaml)."""
+    checkpoint: str = "???"
+    input: str = "???"
+    output: str = "???"
+    fov: str = "auto"
+    overlay: bool = True
+    tile_size: int = 1024
+    tile_overlap: int = 64
+    batch_size: int = 4
+    device: str = "auto"
+    max_model_params: int = 2_000_000_000
+    max_image_pixels: int = 200_000_000
+
+
 def register() -> None:
     cs = ConfigStore.instance()
+    cs.store(name="eval_schema", node=EvalConfig)
+    cs.store(name="export_schema", node=ExportConfig)
+    cs.store(name="predict_schema", node=PredictConfig)
     cs.store(group="trainer", name="base", node=TrainerConfig)
     cs.store(group="schedule", name="base", node=ScheduleConfig)
     cs.store(group="dataset/process", name="base", node=ProcessConfig)

@@ -33,7 +33,12 @@ def find_runs(paths: list[str]) -> list[Path]:
     runs = []
     for p in map(Path, paths):
         for metrics in sorted(p.rglob("metrics.json")) if p.is_dir() else []:
-            if "final" in json.loads(metrics.read_text()):
+            try:
+                finished = "final" in json.loads(metrics.read_text())
+            except (OSError, ValueError) as e:  # a run being written, or a damaged file: not fatal
+                print(f"jsp-report: skipped {metrics}: not readable JSON ({e})", file=sys.stderr)
+                continue
+            if finished:
                 runs.append(metrics.parent)
     return runs
 
@@ -280,7 +285,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"jsp-report: no finished runs (metrics.json with a 'final' entry) under {' '.join(args.paths)}",
               file=sys.stderr)
         return 2
-    rows = [describe(r) for r in runs]
+    rows = []
+    for run in runs:
+        try:
+            rows.append(describe(run))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, yaml.YAMLError) as e:
+            print(f"jsp-report: skipped {run}: {type(e).__name__}: {e}", file=sys.stderr)
+    if not rows:
+        print("jsp-report: no run could be read", file=sys.stderr)
+        return 2
     out = Path(args.out or args.paths[0])
     out.mkdir(parents=True, exist_ok=True)
     write_tables(rows, out)

@@ -10,7 +10,6 @@ import logging
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from jsp.data import prepare
@@ -24,6 +23,7 @@ from jsp.models import pad_multiple
 from jsp.models.saved import dataset_of, load_model
 from jsp.provenance import hydra_overrides, provenance
 from jsp.registry import check_process, table
+from jsp.run_config import build
 from jsp.engine.runtime import resolve_device
 
 log = logging.getLogger("jsp")
@@ -47,7 +47,7 @@ def saved_data(cfg: DictConfig, meta: dict):
     if cfg.get("dataset"):
         data_cfg = OmegaConf.to_container(cfg.dataset, resolve=True)
         process = check_process(data_cfg.pop("process", None), "dataset.process")
-        return instantiate(data_cfg), process
+        return build(data_cfg), process
     entry, args, process = dataset_of(meta)  # load_model has already refused a bad entry
     return entry.build(**args), process
 

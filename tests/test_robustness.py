@@ -62,6 +62,8 @@ BAD_CONFIG = {
     # caught when Hydra composes the config (typed schemas, jsp/configs.py): one line, exit 2
     "misspelt trainer key": (["trainer.stesp=10"], ["trainer.stesp", "did you mean trainer.steps?"]),
     "trainer.lr not a number": (["trainer.lr=abc"], ["trainer.lr=abc", "could not be converted to Float"]),
+    "trainer.steps not a number": (["trainer.steps=abc"], ["trainer.steps=abc", "could not be converted to Integer"]),
+    "misspelt top-level key": (["sed=3"], ["Could not override 'sed'"]),
     "keep_params not a number": (["schedule.keep_params=abc"], ["schedule.keep_params=abc"]),
     "unknown model": (["model=resnet"], ["Could not find 'model/resnet'", "options: mobilenetv3"]),
 }
@@ -180,3 +182,51 @@ def test_same_seed_gives_identical_metrics_json(uninterrupted, tmp_path):
     out = run_cli(*LONG, f"hydra.run.dir={tmp_path / 'again'}")
     assert out.returncode == 0, out.stderr
     assert comparable(tmp_path / "again") == comparable(uninterrupted)
+
+
+@pytest.fixture(scope="module")
+def a_saved_run(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("saved") / "run"
+    out = run_cli(*TINY, "schedule=none", f"hydra.run.dir={run_dir}")
+    assert out.returncode == 0, out.stderr
+    return run_dir
+
+
+OTHER_COMMANDS = {  # (command, arguments, what the one message must say)
+    "eval without checkpoint": ("eval", [], ["Missing mandatory value: checkpoint"]),
+    "export without checkpoint": ("export", [], ["Missing mandatory value: checkpoint"]),
+    "predict without checkpoint": ("predict", ["input={tmp}", "output={tmp}/out"], ["Missing mandatory value: checkpoint"]),
+    "predict without input": ("predict", ["checkpoint={run}", "output={tmp}/out"], ["Missing mandatory value: input"]),
+    "eval on a missing dataset root": ("eval", ["checkpoint={run}", "dataset=drive", "dataset.root={tmp}/nowhere"],
+                                       ["DRIVE root", "does not exist"]),
+    "eval with a misspelt key": ("eval", ["checkpoint={run}", "devcie=cpu"], ["Could not override 'devcie'"]),
+    "eval with a wrong type": ("eval", ["checkpoint={run}", "latency_s=abc"], ["latency_s"]),
+    "export to an unknown format": ("export", ["checkpoint={run}", "formats=[pdf]"], ["formats must be torchscript"]),
+    "predict with a model that is not one": ("predict", ["checkpoint={tmp}", "input={tmp}", "output={tmp}/out"],
+                                             ["is not a saved jsp model"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OTHER_COMMANDS))
+def test_every_command_fails_in_one_message_with_exit_2(case, a_saved_run, tmp_path):
+    entry, args, expected = OTHER_COMMANDS[case]
+    args = [a.format(run=a_saved_run, tmp=tmp_path) for a in args]
+    out = run_cli(*args, f"hydra.run.dir={tmp_path / 'cmd'}", entry=entry, cwd=tmp_path)
+    assert_clean_failure(out, expected)
+    lines = [l for l in (out.stdout + out.stderr).strip().splitlines() if "does not exist" not in l or "ROOT" in l]
+    assert not any(l.startswith("Error executing job") for l in lines)
+
+
+def test_jsp_report_skips_a_damaged_run_and_fails_cleanly_with_none(a_saved_run, tmp_path):
+    import shutil
+
+    from jsp.report import main as report_main
+
+    shutil.copytree(a_saved_run, tmp_path / "good")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "metrics.json").write_text("{half a file")
+    out = subprocess.run([sys.executable, "-c", "from jsp.report import main; raise SystemExit(main())", str(tmp_path)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "skipped" in out.stderr and "bad/metrics.json" in out.stderr and "Traceback" not in out.stderr
+    assert report_main([str(tmp_path / "bad")]) == 2
