@@ -176,7 +176,9 @@ def check_process(process: Any, where: str) -> dict:
 
 # Settings that say where to write, not what to build: a file never chooses them (a dataset
 # rebuilt from model.json caches derived FOV masks in the default place).
-NOT_RECORDED = ("_target_", "process", "fov_cache")
+# The initial encoder weights say where training started, not what to build: a saved model's
+# own weights replace them, so it never names a file on the machine that trained it.
+NOT_RECORDED = ("_target_", "process", "fov_cache", "encoder_weights")
 
 
 def describe(kind: str, node: dict) -> dict:
