@@ -1,9 +1,14 @@
 """jsp-report PATH...: compare runs. Reads run dirs (or multirun dirs holding them), writes
 
-    summary.csv   one row per run: method, lambdas, keep, seed, cost and quality
+    summary.csv   one row per run: method, lambdas, setting, keep, seed, cost, validation
+                  and test quality
     summary.md    which method wins at each budget (mean over seeds, the leader's paired 95 %
-                  interval against the runner-up, collapsed runs), then mean +- std per
-                  setting, then every run
+                  interval against the runner-up, collapsed runs), the settings chosen on
+                  validation where a method ran several, then mean +- std per setting, then
+                  every run
+
+Where a sweep tried several settings of a method at one budget, only the one with the best
+mean validation mIoU is ranked (jsp/selection.py).
     pareto.png    test mIoU against parameters (log x), one line per method (and model)
 
 into ``--out`` (default: the first PATH).
@@ -21,10 +26,11 @@ from pathlib import Path
 
 import yaml
 
+from jsp.selection import select, selection_lines, setting_of
 from jsp.stats import COLLAPSED_F1, collapsed, paired
 
-COLUMNS = ["dataset", "method", "model", "lambdas", "keep", "seed", "params", "macs", "weight_mb", "latency_ms",
-           "miou", "f1", "auc", "pruned_miou", "pruned_f1", "zeroed", "run"]
+COLUMNS = ["dataset", "method", "model", "lambdas", "setting", "keep", "seed", "params", "macs", "weight_mb",
+           "latency_ms", "val_miou", "miou", "f1", "auc", "pruned_miou", "pruned_f1", "zeroed", "run"]
 QUALITY = ["params", "macs", "weight_mb", "latency_ms", "miou", "f1", "auc", "pruned_miou", "pruned_f1", "zeroed"]
 
 
@@ -67,6 +73,7 @@ def describe(run: Path) -> dict:
     row = {"dataset": choices.get("dataset", "?"), "method": method, "model": model, "lambdas": lambdas or "-", "keep": keep,
            "seed": cfg.get("seed", "?"), "run": str(run)}
     row.update({k: final.get(k, float("nan")) for k in QUALITY})
+    row.update(val_miou=final.get("val_miou", float("nan")), setting=setting_of(run))
     row["own_dense_miou"] = stages.get("dense", {}).get("miou", float("nan"))  # before pruning
     row["own_dense_params"] = stages.get("dense", {}).get("params", float("nan"))
     first = stages.get("pruned", stages.get("pruned_1", {}))  # the pruned network before fine-tuning
@@ -163,11 +170,15 @@ def _pm(mean: float, std: float, seeds: int, digits: int = 4) -> str:
     return f"{mean:.{digits}f}" + (f" +- {std:.{digits}f}" if seeds > 1 else "")
 
 
-def write_tables(rows: list[dict], out: Path) -> None:
+def write_tables(rows: list[dict], out: Path, every_run: list[dict] | None = None,
+                 choices: list[dict] | None = None) -> None:
+    """summary.csv (every run) and summary.md: ranked tables of ``rows`` (the settings chosen
+    on validation), the choices made, means per setting and every run."""
+    every_run = every_run if every_run is not None else rows
     with open(out / "summary.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, COLUMNS)
         writer.writeheader()
-        writer.writerows({k: r.get(k, "") for k in COLUMNS} for r in rows)
+        writer.writerows({k: r.get(k, "") for k in COLUMNS} for r in every_run)
     lines = ["# Which method wins at which budget", "",
              "Ranked by mean test mIoU over seeds (+- sample std when there are several); "
              "`vs dense` is the gap to the unpruned network of the same model: the `dense` method's runs "
@@ -188,15 +199,16 @@ def write_tables(rows: list[dict], out: Path) -> None:
                          f"{_pm(e['auc'], e['auc_std'], e['seeds'])} | {_pm(e['pruned_miou'], e['pruned_miou_std'], e['seeds'])} "
                          f"| {_pm(e['zeroed'], e['zeroed_std'], 1, 2)} | {e['vs_dense']:+.4f} | {lead} |".replace("+nan", "-"))
         lines.append("")
+    lines += selection_lines(choices or [])
     cols = COLUMNS[:-1]
     lines += ["# Mean +- std over seeds", "",
               "| dataset | method | model | lambdas | keep | seeds | " + " | ".join(QUALITY) + " |",
               "|" + "---|" * (6 + len(QUALITY))]
-    for (dataset, method, model, lambdas, keep), rs in sorted(groups_of(rows).items()):
+    for (dataset, method, model, lambdas, keep), rs in sorted(groups_of(every_run).items()):
         lines.append(f"| {dataset} | {method} | {model} | {lambdas} | {keep} | {len(rs)} | "
                      + " | ".join(_mean_std([r.get(k, float("nan")) for r in rs]) for k in QUALITY) + " |")
     lines += ["", "# Runs", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(_fmt(r.get(c, float("nan"))) for c in cols) + " |" for r in rows]
+    lines += ["| " + " | ".join(_fmt(r.get(c, float("nan"))) for c in cols) + " |" for r in every_run]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
 
 
@@ -296,9 +308,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.out or args.paths[0])
     out.mkdir(parents=True, exist_ok=True)
-    write_tables(rows, out)
-    write_pareto(rows, out)
-    print(f"jsp-report: {len(rows)} runs -> {out / 'summary.csv'}, {out / 'summary.md'}, {out / 'pareto.png'}")
+    chosen, choices = select(rows)  # validation picks each method's setting; test only reports it
+    write_tables(chosen, out, rows, choices)
+    write_pareto(chosen, out)
+    made = sum(len(c["tried"]) > 1 for c in choices)
+    print(f"jsp-report: {len(rows)} runs -> {out / 'summary.csv'}, {out / 'summary.md'}, {out / 'pareto.png'}"
+          + (f"; {made} setting choice(s) made on validation" if made else ""))
     return 0
 
 

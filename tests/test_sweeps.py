@@ -229,3 +229,36 @@ def test_a_sweep_over_importance_gives_distinguishable_hparams_rows(tmp_path):
     scalars = acc.Tags()["scalars"]
     assert not [t for t in scalars if "/constraint/" in t or "/schedule/" in t]  # settings are not plotted
     assert "test/miou" in scalars and "config/text_summary" in acc.Tags()["tensors"]
+
+
+def _fake_run(root: Path, name: str, lam: float, seed: int, val: float, test: float) -> Path:
+    """A finished run dir as jsp-train leaves it, with chosen validation and test mIoU."""
+    run = root / name
+    (run / ".hydra").mkdir(parents=True)
+    final = {"miou": test, "val_miou": val, "f1": test, "auc": 0.9, "params": 100, "macs": 1e6,
+             "weight_mb": 0.1, "latency_ms": 1.0}
+    (run / "metrics.json").write_text(json.dumps({"dense": {**final, "miou": 0.9, "params": 1000}, "final": final}))
+    (run / ".hydra" / "config.yaml").write_text(
+        f"seed: {seed}\nconstraint: {{lambda_s: {lam}, lambda_r: 1.0}}\nschedule: {{rounds: 1, keep_params: 0.1}}\n")
+    (run / ".hydra" / "hydra.yaml").write_text(
+        "hydra: {runtime: {choices: {method: jsp, model: unet, dataset: drive}}}\n")
+    (run / ".hydra" / "overrides.yaml").write_text(
+        f"- method=jsp\n- seed={seed}\n- constraint.lambda_s={lam}\n- schedule.keep_params=0.1\n- hydra.run.dir=x\n")
+    return run
+
+
+def test_selection_picks_the_setting_by_validation_where_test_disagrees(tmp_path):
+    # lambda_s=1 is better on test, 0.1 on validation: the report must rank 0.1.
+    for seed in (0, 1, 2):
+        _fake_run(tmp_path, f"a{seed}", 1.0, seed, val=0.70 + 0.001 * seed, test=0.80)
+        _fake_run(tmp_path, f"b{seed}", 0.1, seed, val=0.75 + 0.001 * seed, test=0.78)
+    assert report_main([str(tmp_path)]) == 0
+    md = (tmp_path / "summary.md").read_text()
+    ranked = md.split("# Settings chosen on validation")[0]
+    assert "| 1 | jsp | lambda_s=0.1,lambda_r=1 | 3 |" in ranked and "lambda_s=1,lambda_r=1" not in ranked
+    assert "| 0.7800 +- 0.0000 |" in ranked or "| 0.7800 |" in ranked
+    chosen = md.split("# Settings chosen on validation")[1].split("# Mean")[0]
+    assert "| constraint.lambda_s=0.1 | 3 | 0.7510 | 0.7800 | **yes** |" in chosen
+    assert "| constraint.lambda_s=1.0 | 3 | 0.7010 | 0.8000 |  |" in chosen
+    rows = list(csv.DictReader(open(tmp_path / "summary.csv")))
+    assert len(rows) == 6 and {r["setting"] for r in rows} == {"constraint.lambda_s=0.1", "constraint.lambda_s=1.0"}
