@@ -9,7 +9,8 @@
 
 Where a sweep tried several settings of a method at one budget, only the one with the best
 mean validation mIoU is ranked (jsp/selection.py).
-    pareto.png    test mIoU against parameters (log x), one line per method (and model)
+    pareto.png    test mIoU against parameters (log x), one line per method (and model);
+    pareto_macs.png   the same against MACs
 
 into ``--out`` (default: the first PATH).
 """
@@ -76,6 +77,7 @@ def describe(run: Path) -> dict:
     row.update(val_miou=final.get("val_miou", float("nan")), setting=setting_of(run))
     row["own_dense_miou"] = stages.get("dense", {}).get("miou", float("nan"))  # before pruning
     row["own_dense_params"] = stages.get("dense", {}).get("params", float("nan"))
+    row["own_dense_macs"] = stages.get("dense", {}).get("macs", float("nan"))
     first = stages.get("pruned", stages.get("pruned_1", {}))  # the pruned network before fine-tuning
     row.update(pruned_miou=first.get("miou", float("nan")), pruned_f1=first.get("f1", float("nan")),
                zeroed=stages.get("dense", {}).get("units_off", float("nan")))  # units the constraint switched off
@@ -212,24 +214,25 @@ def write_tables(rows: list[dict], out: Path, every_run: list[dict] | None = Non
     (out / "summary.md").write_text("\n".join(lines) + "\n")
 
 
-def pareto_curves(rows: list[dict]) -> dict[tuple, list[tuple]]:
-    """(method, model, dataset) -> [(mean params, mean mIoU, std)] per setting; "dense" from
-    method=dense runs, else from the runs' own dense stages (the networks they pruned)."""
+def pareto_curves(rows: list[dict], cost: str = "params") -> dict[tuple, list[tuple]]:
+    """(method, model, dataset) -> [(mean cost, mean mIoU, std)] per setting, cost = params or
+    macs; "dense" from method=dense runs, else from the runs' own dense stages (the networks
+    they pruned)."""
     curves = defaultdict(list)  # (method, model, dataset) -> [(params, mean, std)]
     for (dataset, method, model, _, _), rs in groups_of(rows).items():
         mean, std = _stats([r["miou"] for r in rs])
-        curves[(method, model, dataset)].append((statistics.fmean(r["params"] for r in rs), mean, std))
+        curves[(method, model, dataset)].append((statistics.fmean(r[cost] for r in rs), mean, std))
     for model, dataset in {(r["model"], r["dataset"]) for r in rows} - {(m, d) for k, m, d in curves if k == "dense"}:
         # No method=dense runs: the reference is the runs' own dense stages (what they pruned).
         own = [r for r in rows if (r["model"], r["dataset"]) == (model, dataset)
-               and not math.isnan(r.get("own_dense_miou", math.nan)) and r.get("own_dense_params", 0) > r["params"]]
+               and not math.isnan(r.get("own_dense_miou", math.nan)) and r.get(f"own_dense_{cost}", 0) > r[cost]]
         if own:
             mean, std = _stats([r["own_dense_miou"] for r in own])
-            curves[("dense", model, dataset)].append((statistics.fmean(r["own_dense_params"] for r in own), mean, std))
+            curves[("dense", model, dataset)].append((statistics.fmean(r[f"own_dense_{cost}"] for r in own), mean, std))
     return curves
 
 
-def write_pareto(rows: list[dict], out: Path) -> None:
+def write_pareto(rows: list[dict], out: Path, cost: str = "params") -> None:
     """Two panels, same lines: every setting (left) and the top 0.03 mIoU zoomed in (right).
 
     One colour and marker per method, one line style per model/dataset; the dense network of
@@ -241,7 +244,7 @@ def write_pareto(rows: list[dict], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     datasets, models = sorted({r["dataset"] for r in rows}), sorted({r["model"] for r in rows})
-    curves = pareto_curves(rows)
+    curves = pareto_curves(rows, cost)
     methods = sorted({m for m, _, _ in curves if m != "dense"})
     colours = plt.get_cmap("tab20" if len(methods) > 10 else "tab10")
     markers = "osD^vP*Xhp<>"
@@ -262,7 +265,7 @@ def write_pareto(rows: list[dict], out: Path) -> None:
             ax.errorbar(xs, ys, yerr=es, color=colours(i % colours.N), marker=markers[i % len(markers)],
                         linestyle=style, capsize=3, label=label)
         ax.set_xscale("log")
-        ax.set_xlabel("parameters (log scale)")
+        ax.set_xlabel(("parameters" if cost == "params" else "MACs per full-size image") + " (log scale)")
         ax.grid(True, which="both", alpha=0.3)
     means = [mean for points in curves.values() for _, mean, _ in points if not math.isnan(mean)]
     top = max(means)
@@ -275,7 +278,7 @@ def write_pareto(rows: list[dict], out: Path) -> None:
     fig.legend(unique.values(), unique.keys(), fontsize=8, loc="center right")
     fig.suptitle("Quality against size: up and to the left is better; dotted: the dense network")
     fig.tight_layout(rect=(0, 0, 0.84, 1))
-    fig.savefig(out / "pareto.png")
+    fig.savefig(out / ("pareto.png" if cost == "params" else f"pareto_{cost}.png"))
     plt.close(fig)
 
 
@@ -311,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen, choices = select(rows)  # validation picks each method's setting; test only reports it
     write_tables(chosen, out, rows, choices)
     write_pareto(chosen, out)
+    write_pareto(chosen, out, "macs")
     made = sum(len(c["tried"]) > 1 for c in choices)
     print(f"jsp-report: {len(rows)} runs -> {out / 'summary.csv'}, {out / 'summary.md'}, {out / 'pareto.png'}"
           + (f"; {made} setting choice(s) made on validation" if made else ""))

@@ -74,6 +74,7 @@ def test_report_on_a_multirun_dir(sweep, capsys):
     gap = own["final"]["miou"] - own["dense"]["miou"]
     assert f"| {gap:+.4f} |" in (sweep / "alone" / "summary.md").read_text()
     assert (sweep / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (sweep / "pareto_macs.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def _row(method, keep, seed, miou, model="unet"):
@@ -131,6 +132,9 @@ def test_pareto_reference_is_the_runs_own_dense_stage_without_dense_runs():
     rows.append(dict(_row("uniform", 0.1, 0, 0.70), own_dense_miou=0.70, own_dense_params=100))  # never pruned
     (dense,) = pareto_curves(rows)[("dense", "unet", "drive")]
     assert dense[0] == 10_000 and dense[1] == pytest.approx(0.81) and dense[2] == pytest.approx(0.01)
+    rows = [dict(r, own_dense_macs=5e9 if r["method"] == "jsp" else 1e6) for r in rows]  # uniform: never pruned
+    (by_macs,) = pareto_curves(rows, "macs")[("dense", "unet", "drive")]
+    assert by_macs[0] == 5e9 and by_macs[1] == pytest.approx(0.81)
     with_dense = rows + [dict(_row("dense", 1.0, 0, 0.9), params=10_000)]
     assert pareto_curves(with_dense)[("dense", "unet", "drive")] == [(10_000, 0.9, 0.0)]
 
