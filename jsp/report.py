@@ -27,8 +27,9 @@ from pathlib import Path
 
 import yaml
 
+from jsp.pareto import write_pareto
 from jsp.selection import select, selection_lines, setting_of
-from jsp.stats import COLLAPSED_F1, collapsed, paired
+from jsp.stats import COLLAPSED_F1, collapsed, groups_of, mean_std, paired
 
 COLUMNS = ["dataset", "method", "model", "lambdas", "setting", "keep", "seed", "params", "macs", "weight_mb",
            "latency_ms", "val_miou", "miou", "f1", "auc", "pruned_miou", "pruned_f1", "zeroed", "run"]
@@ -84,8 +85,8 @@ def describe(run: Path) -> dict:
     return row
 
 
-def _mean_std(values: list[float]) -> str:
-    mean, std = _stats(values)
+def _fmt_mean_std(values: list[float]) -> str:
+    mean, std = mean_std(values)
     if math.isnan(mean):
         return "-"
     big = abs(mean) >= 1000
@@ -98,27 +99,12 @@ def _fmt(v) -> str:
     return f"{v:,}" if isinstance(v, int) else str(v)
 
 
-def groups_of(rows: list[dict]) -> dict[tuple, list[dict]]:
-    """Runs of one setting (dataset, method, model, lambdas, keep), i.e. its seeds."""
-    grouped = defaultdict(list)
-    for r in rows:
-        grouped[(r["dataset"], r["method"], r["model"], r["lambdas"], str(r["keep"]))].append(r)
-    return grouped
-
-
 def _keep_order(keep: str) -> float:
     """Budgets from the largest down; a threshold-pruned run (no budget) after them."""
     try:
         return -float(keep)
     except ValueError:
         return 1.0
-
-
-def _stats(values: list[float]) -> tuple[float, float]:
-    values = [v for v in values if isinstance(v, (int, float)) and not math.isnan(v)]
-    if not values:
-        return float("nan"), float("nan")
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 def rank_budgets(rows: list[dict]) -> list[dict]:
@@ -132,10 +118,10 @@ def rank_budgets(rows: list[dict]) -> list[dict]:
     budgets = defaultdict(list)
     for (dataset, method, model, lambdas, keep), rs in groups_of(rows).items():
         entry = {"method": method, "lambdas": lambdas, "seeds": len(rs),
-                 "own_dense": _stats([r.get("own_dense_miou", float("nan")) for r in rs])[0],
+                 "own_dense": mean_std([r.get("own_dense_miou", float("nan")) for r in rs])[0],
                  "by_seed": {r["seed"]: r["miou"] for r in rs}, "collapsed": sum(collapsed(r["f1"]) for r in rs)}
         for k in QUALITY:
-            entry[k], entry[k + "_std"] = _stats([r.get(k, float("nan")) for r in rs])
+            entry[k], entry[k + "_std"] = mean_std([r.get(k, float("nan")) for r in rs])
         budgets[(dataset, model, keep)].append(entry)
     dense = {(d, m): e["miou"] for (d, m, _), es in budgets.items() for e in es if e["method"] == "dense"}
     out = []
@@ -208,78 +194,10 @@ def write_tables(rows: list[dict], out: Path, every_run: list[dict] | None = Non
               "|" + "---|" * (6 + len(QUALITY))]
     for (dataset, method, model, lambdas, keep), rs in sorted(groups_of(every_run).items()):
         lines.append(f"| {dataset} | {method} | {model} | {lambdas} | {keep} | {len(rs)} | "
-                     + " | ".join(_mean_std([r.get(k, float("nan")) for r in rs]) for k in QUALITY) + " |")
+                     + " | ".join(_fmt_mean_std([r.get(k, float("nan")) for r in rs]) for k in QUALITY) + " |")
     lines += ["", "# Runs", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(_fmt(r.get(c, float("nan"))) for c in cols) + " |" for r in every_run]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
-
-
-def pareto_curves(rows: list[dict], cost: str = "params") -> dict[tuple, list[tuple]]:
-    """(method, model, dataset) -> [(mean cost, mean mIoU, std)] per setting, cost = params or
-    macs; "dense" from method=dense runs, else from the runs' own dense stages (the networks
-    they pruned)."""
-    curves = defaultdict(list)  # (method, model, dataset) -> [(params, mean, std)]
-    for (dataset, method, model, _, _), rs in groups_of(rows).items():
-        mean, std = _stats([r["miou"] for r in rs])
-        curves[(method, model, dataset)].append((statistics.fmean(r[cost] for r in rs), mean, std))
-    for model, dataset in {(r["model"], r["dataset"]) for r in rows} - {(m, d) for k, m, d in curves if k == "dense"}:
-        # No method=dense runs: the reference is the runs' own dense stages (what they pruned).
-        own = [r for r in rows if (r["model"], r["dataset"]) == (model, dataset)
-               and not math.isnan(r.get("own_dense_miou", math.nan)) and r.get(f"own_dense_{cost}", 0) > r[cost]]
-        if own:
-            mean, std = _stats([r["own_dense_miou"] for r in own])
-            curves[("dense", model, dataset)].append((statistics.fmean(r[f"own_dense_{cost}"] for r in own), mean, std))
-    return curves
-
-
-def write_pareto(rows: list[dict], out: Path, cost: str = "params") -> None:
-    """Two panels, same lines: every setting (left) and the top 0.03 mIoU zoomed in (right).
-
-    One colour and marker per method, one line style per model/dataset; the dense network of
-    each model is a dotted horizontal reference, so "above the dotted line" means no loss.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    datasets, models = sorted({r["dataset"] for r in rows}), sorted({r["model"] for r in rows})
-    curves = pareto_curves(rows, cost)
-    methods = sorted({m for m, _, _ in curves if m != "dense"})
-    colours = plt.get_cmap("tab20" if len(methods) > 10 else "tab10")
-    markers = "osD^vP*Xhp<>"
-    styles = ["-", "--", "-.", ":"]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), dpi=120)
-    for ax in axes:
-        for (method, model, dataset), points in sorted(curves.items()):
-            tags = [t for t, many in ((model, len(models) > 1), (dataset, len(datasets) > 1)) if many]
-            label = f"{method} ({', '.join(tags)})" if tags else method
-            style = styles[(models.index(model) + len(models) * datasets.index(dataset)) % len(styles)]
-            if method == "dense":
-                for params, mean, _ in points:
-                    ax.axhline(mean, color="black", linestyle=":", linewidth=1)
-                    ax.plot([params], [mean], "k*", markersize=10, label=label)
-                continue
-            i = methods.index(method)
-            xs, ys, es = zip(*sorted(points))
-            ax.errorbar(xs, ys, yerr=es, color=colours(i % colours.N), marker=markers[i % len(markers)],
-                        linestyle=style, capsize=3, label=label)
-        ax.set_xscale("log")
-        ax.set_xlabel(("parameters" if cost == "params" else "MACs per full-size image") + " (log scale)")
-        ax.grid(True, which="both", alpha=0.3)
-    means = [mean for points in curves.values() for _, mean, _ in points if not math.isnan(mean)]
-    top = max(means)
-    axes[0].set_ylabel("test mIoU (mean +- std over seeds)")
-    axes[0].set_title("All settings")
-    axes[1].set_ylim(top - 0.03, top + 0.006)
-    axes[1].set_title("Zoom: within 0.03 mIoU of the best")
-    handles, labels = axes[0].get_legend_handles_labels()
-    unique = dict(zip(labels, handles))
-    fig.legend(unique.values(), unique.keys(), fontsize=8, loc="center right")
-    fig.suptitle("Quality against size: up and to the left is better; dotted: the dense network")
-    fig.tight_layout(rect=(0, 0, 0.84, 1))
-    fig.savefig(out / ("pareto.png" if cost == "params" else f"pareto_{cost}.png"))
-    plt.close(fig)
 
 
 def _version() -> str:

@@ -1,4 +1,5 @@
-"""Paired statistics for comparing methods over seeds (method.md s.6).
+"""Statistics for comparing methods over seeds (method.md s.6): paired intervals, collapsed
+runs, and the grouping of runs into settings.
 
 Two methods run with the same seeds start from the same data order and initialisation, so
 their per-seed differences cancel most of the seed-to-seed noise; a method beats another only
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections import defaultdict
 from dataclasses import dataclass
 
 COLLAPSED_F1 = 0.05  # a binary run whose foreground F1 is below this predicts (almost) all background
@@ -51,3 +53,19 @@ def paired(a: dict, b: dict, level: float = 0.95) -> Paired:
 def collapsed(f1: float) -> bool:
     """A binary segmentation run that collapsed to (almost) all background."""
     return isinstance(f1, (int, float)) and not math.isnan(f1) and f1 < COLLAPSED_F1
+
+
+def groups_of(rows: list[dict]) -> dict[tuple, list[dict]]:
+    """Runs of one setting (dataset, method, model, lambdas, keep), i.e. its seeds."""
+    grouped = defaultdict(list)
+    for r in rows:
+        grouped[(r["dataset"], r["method"], r["model"], r["lambdas"], str(r["keep"]))].append(r)
+    return grouped
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample std of the numbers in ``values`` (NaN and non-numbers left out; std 0 for one)."""
+    values = [v for v in values if isinstance(v, (int, float)) and not math.isnan(v)]
+    if not values:
+        return float("nan"), float("nan")
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)

@@ -126,7 +126,7 @@ def test_tie_and_collapsed_runs_are_reported_as_such():
 
 
 def test_pareto_reference_is_the_runs_own_dense_stage_without_dense_runs():
-    from jsp.report import pareto_curves
+    from jsp.pareto import pareto_curves
 
     rows = [dict(_row("jsp", 0.1, s, 0.78), own_dense_miou=0.80 + 0.01 * s, own_dense_params=10_000) for s in range(3)]
     rows.append(dict(_row("uniform", 0.1, 0, 0.70), own_dense_miou=0.70, own_dense_params=100))  # never pruned
