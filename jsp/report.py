@@ -29,7 +29,7 @@ import yaml
 
 from jsp.pareto import write_pareto
 from jsp.selection import select, selection_lines, setting_of
-from jsp.stats import COLLAPSED_F1, collapsed, groups_of, mean_std, paired
+from jsp.stats import COLLAPSED_F1, collapsed, groups_of, mean_std, paired, per_image_means
 
 COLUMNS = ["dataset", "method", "model", "lambdas", "setting", "keep", "seed", "params", "macs", "weight_mb",
            "latency_ms", "val_miou", "miou", "f1", "auc", "pruned_miou", "pruned_f1", "zeroed", "run"]
@@ -75,7 +75,7 @@ def describe(run: Path) -> dict:
     row = {"dataset": choices.get("dataset", "?"), "method": method, "model": model, "lambdas": lambdas or "-", "keep": keep,
            "seed": cfg.get("seed", "?"), "run": str(run)}
     row.update({k: final.get(k, float("nan")) for k in QUALITY})
-    row.update(val_miou=final.get("val_miou", float("nan")), setting=setting_of(run))
+    row.update(val_miou=final.get("val_miou", float("nan")), setting=setting_of(run), per_image_f1=_per_image(run))
     row["own_dense_miou"] = stages.get("dense", {}).get("miou", float("nan"))  # before pruning
     row["own_dense_params"] = stages.get("dense", {}).get("params", float("nan"))
     row["own_dense_macs"] = stages.get("dense", {}).get("macs", float("nan"))
@@ -83,6 +83,16 @@ def describe(run: Path) -> dict:
     row.update(pruned_miou=first.get("miou", float("nan")), pruned_f1=first.get("f1", float("nan")),
                zeroed=stages.get("dense", {}).get("units_off", float("nan")))  # units the constraint switched off
     return row
+
+
+def _per_image(run: Path) -> dict:
+    """{image: foreground F1 (mIoU for multi-class)} of the final network, from per_image.csv."""
+    path = run / "checkpoints" / "final" / "per_image.csv"
+    if not path.is_file():
+        return {}
+    rows = list(csv.DictReader(path.open()))
+    key = "f1" if rows and rows[0].get("f1") not in (None, "") else "miou"
+    return {row["image"]: float(row[key]) for row in rows if row.get(key) not in (None, "")}
 
 
 def _fmt_mean_std(values: list[float]) -> str:
@@ -119,7 +129,8 @@ def rank_budgets(rows: list[dict]) -> list[dict]:
     for (dataset, method, model, lambdas, keep), rs in groups_of(rows).items():
         entry = {"method": method, "lambdas": lambdas, "seeds": len(rs),
                  "own_dense": mean_std([r.get("own_dense_miou", float("nan")) for r in rs])[0],
-                 "by_seed": {r["seed"]: r["miou"] for r in rs}, "collapsed": sum(collapsed(r["f1"]) for r in rs)}
+                 "by_seed": {r["seed"]: r["miou"] for r in rs}, "collapsed": sum(collapsed(r["f1"]) for r in rs),
+                 "by_image": per_image_means(rs)}
         for k in QUALITY:
             entry[k], entry[k + "_std"] = mean_std([r.get(k, float("nan")) for r in rs])
         budgets[(dataset, model, keep)].append(entry)
@@ -135,6 +146,8 @@ def rank_budgets(rows: list[dict]) -> list[dict]:
 
 
 def _verdict(entries: list[dict]) -> str:
+    """The leader against the runner-up: by the paired interval over seeds, then (where both have
+    per_image.csv) over test images, each image's F1 averaged over seeds."""
     best = entries[0]
     if len(entries) == 1:
         return f"{best['method']} is the only method at this budget"
@@ -144,12 +157,16 @@ def _verdict(entries: list[dict]) -> str:
         head = f"{best['method']} and {second['method']} tie at {best['miou']:.4f} mIoU"
     else:
         head = f"{best['method']} leads {second['method']} by {best['miou'] - second['miou']:.4f} mIoU"
+    images = paired(best["by_image"], second["by_image"], unit="images")
+    by_image = (f". Per-image F1, paired {images}" + (": clear" if images.clear else ": includes zero")
+                if images.n >= 2 else "")
     if diff.n < 2:
-        return head + " (fewer than two paired seeds: no interval; do not read small gaps as wins)"
+        return head + " (fewer than two paired seeds: no interval; do not read small gaps as wins)" + by_image
     if diff.clear and diff.mean > 0:
-        return head + f"; paired {diff}: a clear win"
+        return head + f"; paired {diff}: a clear win" + by_image
     tied = [best["method"]] + [e["method"] for e in entries[1:] if e["vs_leader"].n >= 2 and not e["vs_leader"].clear]
-    return head + f"; paired {diff} includes zero: no clear winner (not distinguishable from the leader: {', '.join(tied)})"
+    return (head + f"; paired {diff} includes zero: no clear winner (not distinguishable from the leader: "
+            f"{', '.join(tied)})" + by_image)
 
 
 def _pm(mean: float, std: float, seeds: int, digits: int = 4) -> str:

@@ -23,6 +23,7 @@ class Paired:
     mean: float
     low: float
     high: float
+    unit: str = "seeds"
 
     @property
     def clear(self) -> bool:
@@ -31,23 +32,31 @@ class Paired:
 
     def __str__(self) -> str:
         if self.n < 2:
-            return f"{self.mean:+.4f} over {self.n} seed (no interval)"
-        return f"{self.mean:+.4f} [95% CI {self.low:+.4f}, {self.high:+.4f}] over {self.n} paired seeds"
+            return f"{self.mean:+.4f} over {self.n} {self.unit.rstrip('s')} (no interval)"
+        return f"{self.mean:+.4f} [95% CI {self.low:+.4f}, {self.high:+.4f}] over {self.n} paired {self.unit}"
 
 
-def paired(a: dict, b: dict, level: float = 0.95) -> Paired:
-    """Paired difference of two methods' per-seed values ({seed: value}); only shared seeds count."""
+def paired(a: dict, b: dict, level: float = 0.95, unit: str = "seeds") -> Paired:
+    """Paired difference of two methods' values per seed ({seed: value}) or per test image
+    (``unit="images"``); only shared keys count."""
     from scipy.stats import t  # imported here: only jsp-report needs scipy
 
     seeds = sorted(set(a) & set(b), key=str)
     diffs = [a[s] - b[s] for s in seeds if not (math.isnan(a[s]) or math.isnan(b[s]))]
     if not diffs:
-        return Paired(0, math.nan, math.nan, math.nan)
+        return Paired(0, math.nan, math.nan, math.nan, unit)
     mean = statistics.fmean(diffs)
     if len(diffs) < 2:
-        return Paired(1, mean, math.nan, math.nan)
+        return Paired(1, mean, math.nan, math.nan, unit)
     half = t.ppf(0.5 + level / 2, len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
-    return Paired(len(diffs), mean, mean - half, mean + half)
+    return Paired(len(diffs), mean, mean - half, mean + half, unit)
+
+
+def per_image_means(runs: list[dict], key: str = "per_image_f1") -> dict:
+    """{image: mean over the runs (seeds)} for the images every run scored; {} when a run has none."""
+    tables = [r.get(key) or {} for r in runs]
+    shared = set.intersection(*(set(t) for t in tables)) if tables and all(tables) else set()
+    return {image: statistics.fmean(t[image] for t in tables) for image in sorted(shared)}
 
 
 def collapsed(f1: float) -> bool:

@@ -1,5 +1,6 @@
 """Sweeps: method presets, multirun with the basic and the joblib launcher, jsp-report."""
 import csv
+import statistics
 import json
 import subprocess
 import sys
@@ -266,3 +267,21 @@ def test_selection_picks_the_setting_by_validation_where_test_disagrees(tmp_path
     assert "| constraint.lambda_s=1.0 | 3 | 0.7010 | 0.8000 |  |" in chosen
     rows = list(csv.DictReader(open(tmp_path / "summary.csv")))
     assert len(rows) == 6 and {r["setting"] for r in rows} == {"constraint.lambda_s=0.1", "constraint.lambda_s=1.0"}
+
+
+def test_verdict_adds_a_paired_test_over_images_when_runs_have_per_image_metrics():
+    from scipy.stats import ttest_rel
+
+    images = {"01": 0.80, "02": 0.70, "03": 0.75, "04": 0.78}
+    rows = []
+    for seed in range(3):
+        rows.append(dict(_row("jsp", 0.1, seed, 0.80 + 0.001 * seed),
+                         per_image_f1={k: v + 0.02 + 0.001 * seed for k, v in images.items()}))
+        rows.append(dict(_row("l1_norm", 0.1, seed, 0.79), per_image_f1={k: v + 0.01 * (k == "02") for k, v in images.items()}))
+    (budget,) = rank_budgets(rows)
+    jsp_means = [statistics.fmean(v + 0.02 + 0.001 * s for s in range(3)) for v in images.values()]
+    l1_means = [v + 0.01 * (k == "02") for k, v in images.items()]
+    ci = ttest_rel(jsp_means, l1_means).confidence_interval(0.95)
+    assert f"Per-image F1, paired +0.0185 [95% CI {ci.low:+.4f}, {ci.high:+.4f}] over 4 paired images: clear" in budget["verdict"]
+    rows[1]["per_image_f1"] = {}  # one run without per_image.csv: no image-level test
+    assert "Per-image" not in rank_budgets(rows)[0]["verdict"]
