@@ -13,10 +13,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from jsp.data import prepare
-from jsp.data.io import set_max_pixels
+from jsp.data.io import read_image, set_max_pixels
 from jsp.data.transforms import in_channels
 from jsp.engine.evaluate import evaluate, write_per_image
-from jsp.engine.inference import find_images, fov_of, load_rgb, segment, write_prediction
+from jsp.engine.inference import find_images, fov_of, segment, write_prediction
 from jsp.errors import JSPError
 from jsp.metrics import cost_report
 from jsp.models import pad_multiple
@@ -167,7 +167,7 @@ def predict_saved(cfg: DictConfig) -> list[Path]:
     written, skipped = [], []
     for path in images:
         try:
-            image = load_rgb(path)
+            image = read_image(path, "RGB")
             fov = fov_of(path, image, str(cfg.fov), entry_name)
         except JSPError as e:
             log.warning("skipped %s: %s", path, e)

@@ -12,13 +12,14 @@ from PIL import Image
 from torch import nn
 
 from jsp.data.io import derive_fov, read_image, resize
+from jsp.data.multiclass import IMAGE_SUFFIXES as DATASET_SUFFIXES
 from jsp.data.transforms import enhance, fov_stats, normalize
 from jsp.engine.evaluate import PALETTE, predict
 from jsp.errors import JSPError
 from jsp.models import pad_multiple
 
 log = logging.getLogger("jsp")
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".ppm", ".gif"}
+IMAGE_SUFFIXES = DATASET_SUFFIXES | {".gif"}  # what datasets read, and DRIVE's GIF masks
 FOV_FOLDERS = ("fov", "mask")  # beside the image folder: a folder dataset's fov/, DRIVE's mask/
 RETINAL = {"drive", "chase_db1", "stare", "hrf", "synthetic"}  # trained with FOVs derived from a dark surround
 
@@ -135,8 +136,3 @@ def write_prediction(out_dir: Path, stem: str, image: np.ndarray, probs: np.ndar
         written.append(out_dir / f"{stem}_prob.png")
         Image.fromarray(np.round(prob * 255).astype(np.uint8)).save(written[-1])
     return written
-
-
-def load_rgb(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB of any image PIL reads (read_image raises DatasetError if it cannot)."""
-    return read_image(path, "RGB")
