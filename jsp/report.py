@@ -20,7 +20,6 @@ import argparse
 import csv
 import json
 import math
-import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path

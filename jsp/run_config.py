@@ -3,19 +3,27 @@ need several settings at once, how a config node is built with jsp's errors, and
 (config-group choices, model settings) a run records."""
 from __future__ import annotations
 
+import inspect
 import logging
+import typing
+from difflib import get_close_matches
 
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from jsp.errors import ConfigError, JSPError
+from jsp.registry import check_process
 
 log = logging.getLogger("jsp")
 
 
-def build(node, **kwargs):
-    """``instantiate`` that lets a jsp error raised by the target through as itself."""
+def build(node, where: str | None = None, **kwargs):
+    """``instantiate`` that lets a jsp error raised by the target through as itself. With
+    ``where`` (the node's config key), its settings are first checked against the target's
+    signature: an unknown key or a word where a number belongs is one line naming the key."""
+    if where is not None:
+        check_arguments(node, where)
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as e:
@@ -23,6 +31,43 @@ def build(node, **kwargs):
         if isinstance(cause, JSPError):
             raise cause from None
         raise
+
+
+def check_arguments(node, where: str) -> None:
+    """Every key of a ``_target_`` node must be an argument of the target, and a number where
+    the target's annotation says int or float (configs whose keys depend on the option chosen,
+    such as ``constraint=...``, have no fixed schema to check them at compose time)."""
+    target = node.get("_target_") if hasattr(node, "get") else None
+    if not target:
+        return
+    try:
+        fn = get_object(str(target))
+        init = fn.__init__ if inspect.isclass(fn) else fn
+        params, hints = inspect.signature(init).parameters, typing.get_type_hints(init)
+    except Exception:  # noqa: BLE001  (a target we cannot inspect: instantiate reports it)
+        return
+    open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    name = str(target).rsplit(".", 1)[-1]
+    for key, value in node.items():
+        if str(key).startswith("_"):
+            continue
+        if key not in params and not open_ended:
+            close = get_close_matches(str(key), [k for k in params if k != "self"], n=1)
+            hint = f"; did you mean {where}.{close[0]}?" if close else ""
+            raise ConfigError(f"{where}.{key}: not a setting of {name}{hint}")
+        numeric = {int, float} & set(typing.get_args(hints.get(key)) or (hints.get(key),))
+        if numeric and (isinstance(value, (str, bool)) or value is None and type(None) not in
+                        typing.get_args(hints.get(key))):
+            raise ConfigError(f"{where}.{key}={value}: {name} takes a number here")
+
+
+def build_dataset(node) -> tuple[object, dict]:
+    """(dataset, processing spec) from a dataset config node, for every command that takes
+    ``dataset=``: the loader is built from every key but ``process``, which says how its
+    images become tensors (checked as a saved model's would be)."""
+    spec = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    process = check_process(spec.pop("process", None), "dataset.process")
+    return build(spec), process
 
 
 def check_trainer(tr) -> None:

@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from jsp.data import prepare
 from jsp.data.io import read_image, set_max_pixels
@@ -22,8 +22,8 @@ from jsp.metrics import cost_report
 from jsp.models import pad_multiple
 from jsp.models.saved import dataset_of, load_model
 from jsp.provenance import hydra_overrides, provenance
-from jsp.registry import check_process, table
-from jsp.run_config import build
+from jsp.registry import table
+from jsp.run_config import build_dataset
 from jsp.engine.runtime import resolve_device
 
 log = logging.getLogger("jsp")
@@ -45,9 +45,7 @@ def saved_data(cfg: DictConfig, meta: dict):
     """(dataset, processing spec): from the command line (``dataset=NAME``, a trusted config) or
     from the registry key and checked arguments recorded in model.json, never a target from the file."""
     if cfg.get("dataset"):
-        data_cfg = OmegaConf.to_container(cfg.dataset, resolve=True)
-        process = check_process(data_cfg.pop("process", None), "dataset.process")
-        return build(data_cfg), process
+        return build_dataset(cfg.dataset)
     entry, args, process = dataset_of(meta)  # load_model has already refused a bad entry
     return entry.build(**args), process
 

@@ -1,11 +1,11 @@
-"""Stage work that changes the network: pruning, and the two controls (method.md s.5).
-
-Each is a function over the running job (``jsp.pipeline.Run``: model, constraint, schedule,
-data, logger), called by the pipeline's stage plan:
+"""The work of a run's stages, each a function over the running state (``jsp.state.RunState``)
+and one ``jsp.pruning.Stage``, called by the pipeline in the order the schedule yields:
+- ``train``: train the stage's steps (after its reset: ``reinitialise`` for the scratch
+  control, ``uniform`` for the uniform control); returns the best validation metrics;
 - ``prune``: remove channels to meet a target (with a budget: the zeroed units first);
-- ``uniform``: shrink every layer by one width factor to the budget and re-initialise;
-- ``reinitialise``: fresh weights for the architecture the model has now (``scratch``);
+- ``record``: evaluate on the test split with cost, save the model, write metrics.json;
 - ``dense_from_cache``: the dense stage copied from, or stored into, a shared cache.
+The loop (jsp/engine/train.py) and the surgery (jsp/pruning) they call take plain values.
 """
 from __future__ import annotations
 
@@ -16,65 +16,191 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from jsp.constraints.base import Scaled
+from jsp.constraints.budget import BudgetController
 from jsp.engine import dense_cache
+from jsp.engine.checkpoint import save_state
+from jsp.engine.evaluate import write_per_image
+from jsp.engine.logger import log_units
+from jsp.engine.resume import restore_weights, save_constraint_stats
 from jsp.engine.runtime import patch_loader
+from jsp.engine.train import Hooks, LoopSettings, Objective, lr_at, train_loop
+from jsp.metrics import cost_report
 from jsp.models import pad_multiple
-from jsp.pruning import Target, cost_if_pruned, layer_scores, layer_widths, prune as prune_model, taylor_statistic
+from jsp.models.saved import layer_spec, save_model
+from jsp.pruning import Stage, Target, cost_if_pruned, layer_scores, layer_widths, prune as prune_model, \
+    taylor_statistic
 from jsp.pruning.surgery import model_cost, shrink_uniformly
+from jsp.run_config import build
+from jsp.state import RunState
 
 log = logging.getLogger("jsp")
 
 
-def kept_cost(run, off: dict | None = None) -> float:
+def train(state: RunState, stage: Stage) -> dict:
+    """Train ``stage.steps`` steps (after the stage's reset, or from where an interrupted job
+    stopped); the model ends with the weights that validated best. Returns their metrics."""
+    if stage.reset:
+        (uniform if stage.reset == "uniform" else _fresh_weights)(state, stage)
+    tr, resume = state.tr, take_resume_state(state, stage.name)
+    s = loop_settings(state, stage, resume)
+    optimizer = build(tr.optimizer)(state.model.parameters())  # per stage: surgery replaced the parameters
+    constraint = state.constraint if stage.main else Scaled(state.constraint, stage.constraint_scale)
+    if state.budget and stage.main:
+        attach_controller(state, s, resume)
+    if resume:
+        optimizer.load_state_dict(resume["optimizer"])
+    batches = patch_loader(state.splits["train"], state.process, stage.steps, tr.batch_size,
+                           state.cfg.seed + stage.seed_offset, tr.num_workers, state.device,
+                           start=resume["step"] if resume else 0)
+
+    def validate(model, step):
+        state.goto(step)
+        log_units(state.logger, state.constraint, step)
+        metrics = state.eval_on("val").metrics
+        if state.constraint.controller is not None and stage.main:
+            # Only weights whose zeroed units meet the budget may be handed on.
+            metrics.update(kept_cost=kept_cost(state), eligible=state.constraint.controller.exact)
+        return metrics
+
+    def checkpoint(done: int, best: dict, best_state) -> None:
+        save_state(state.ckpt, stage=stage.name, step=done, global_step=s.first_step + done,
+                   model=state.model.state_dict(), layers=layer_spec(state.model), optimizer=optimizer.state_dict(),
+                   best=best, best_state=best_state, constraint=state.constraint.state_dict(),
+                   rng=torch.get_rng_state())
+
+    best = train_loop(state.model, batches, Objective(state.loss_fn, optimizer, constraint), s,
+                      Hooks(validate, state.logger, checkpoint), resume)
+    state.goto(s.first_step + stage.steps)
+    checkpoint(stage.steps, best, None)  # stage end: the model now holds the best weights
+    log.info("%s: best val mIoU %.4f at step %d", stage.name, best["miou"], best["step"])
+    if stage.validate_start and best["step"] == 0:
+        log.warning("%s: no fine-tuned checkpoint beat the pruned network on validation; the pruned weights "
+                    "are kept (a lower schedule.finetune_lr_scale may help)", stage.name)
+    return best
+
+
+def loop_settings(state: RunState, stage: Stage, resume: dict | None) -> LoopSettings:
+    tr, steps = state.tr, stage.steps
+    return LoopSettings(steps=steps, lr=tr.lr * stage.lr_scale, warmup_steps=min(tr.warmup_steps, steps // 2),
+                        min_lr_ratio=tr.min_lr_ratio, val_every=tr.val_every, log_every=tr.log_every,
+                        progress_every=tr.progress_every, checkpoint_every=tr.checkpoint_every,
+                        grad_clip=tr.grad_clip, amp=state.amp, channels_last=state.channels_last, device=state.device,
+                        tag=stage.tag("train"), val_tag=stage.tag("val"),
+                        first_step=state.step - (resume["step"] if resume else 0),
+                        validate_start=stage.validate_start)
+
+
+def attach_controller(state: RunState, s: LoopSettings, resume: dict | None) -> None:
+    """The budget controller of the constraint (method.md s.3). Its forecast looks ahead by
+    the learning rate the rest of the stage will apply."""
+    rest = [0.0] * (s.steps + 1)
+    for t in range(s.steps - 1, -1, -1):
+        rest[t] = rest[t + 1] + lr_at(t, s)
+    c = state.constraint
+    forecast = lambda step: kept_cost(state, c.forecast_off(rest[step + 1]))  # noqa: E731
+    c.controller = BudgetController(state.budget, forecast, s.steps, c.budget_every, ramp=c.budget_ramp,
+                                    actual=lambda: kept_cost(state))
+    if resume:
+        c.load_state_dict(resume["constraint"])
+
+
+def take_resume_state(state: RunState, name: str) -> dict | None:
+    """The interrupted training state of stage ``name``, loaded into model and constraint."""
+    saved, state.resume_state = state.resume_state, None
+    if saved is None or saved["stage"] != name:
+        return None
+    restore_weights(state.model, saved["layers"], saved["model"])
+    state.constraint.attach(state.model, state.c_in)
+    state.constraint.load_state_dict(saved["constraint"])
+    torch.set_rng_state(saved["rng"])
+    state.goto(saved["global_step"])
+    log.info("resume: %s continues at step %d", name, saved["step"])
+    return saved
+
+
+def record(state: RunState, stage: Stage, val: dict | None = None) -> dict:
+    """Evaluate on the test split, with cost; record in metrics.json and save the model.
+    val: the stage's validation metrics (None: measured here)."""
+    tr, name, prefix = state.tr, stage.name, stage.tag("test")
+    metrics, examples, per_image = state.eval_on("test", tr.eval_examples)
+    val = val or state.eval_on("val").metrics  # what sweeps select on: the test split only reports
+    metrics.update(val_miou=val["miou"], **({"val_f1": val["f1"]} if "f1" in val else {}))
+    metrics.update(cost_report(state.model, state.c_in, state.data.full_size, tr.latency_s, state.device))
+    metrics.update(log_units(state.logger, state.constraint, state.step), constraint=state.constraint.settings(),
+                   schedule=state.schedule.settings(), global_step=state.step)
+    metrics.update(params_ratio=metrics["params"] / state.dense_cost["params"],
+                   macs_ratio=metrics["macs"] / state.dense_cost["macs"])
+    # Settings go to metrics.json and the HParams tab, not to the scalars.
+    state.logger.scalars(prefix, {k: v for k, v in metrics.items() if k not in ("constraint", "schedule")}, state.step)
+    state.logger.examples(prefix, examples, state.step)
+    folder = state.run_dir / "checkpoints" / name
+    save_model(folder, state.model, state.architecture, **state.model_info(name, metrics))
+    save_constraint_stats(folder, state.constraint.state_dict())
+    write_per_image(folder / "per_image.csv", per_image)
+    state.logger.stage(name, metrics)  # last: a stage counts as done once its model is saved
+    log.info("%s: test mIoU %.4f | params %s | MACs %.3g | units off %.1f%%", name, metrics["miou"],
+             f"{metrics['params']:,}", metrics["macs"], 100 * metrics["units_off"])
+    return metrics
+
+
+def kept_cost(state: RunState, off: dict | None = None) -> float:
     """Fraction of the current cost left if the switched-off units (or ``off``) were removed."""
-    s = run.schedule
-    return cost_if_pruned(run.model, run.constraint.layers, run.constraint.eps, s.budget_on, run.c_in, 2 * pad_multiple(run.model),
-                          run.data.full_size, s.min_channels, off)
+    s = state.schedule
+    return cost_if_pruned(state.model, state.constraint.layers, state.constraint.eps, s.budget_on, state.c_in,
+                          2 * pad_multiple(state.model), state.data.full_size, s.min_channels, off)
 
 
-def unit_scores(run) -> dict:
+def unit_scores(state: RunState) -> dict:
     """{layer: (U,) importance} of the current model under schedule.importance."""
-    s, layers = run.schedule, run.constraint.layers
-    run.constraint.refresh()  # redundancy on the weights being pruned (the restored best)
-    stats = run.constraint.statistics()
+    s, layers = state.schedule, state.constraint.layers
+    state.constraint.refresh()  # redundancy on the weights being pruned (the restored best)
+    stats = state.constraint.statistics()
     if s.importance == "taylor":
-        batches = patch_loader(run.splits["train"], run.process, 8, run.tr.batch_size, run.cfg.seed, 0, run.device)
-        stats.update(taylor_statistic(run.model, layers, batches, run.loss_fn, run.device))
-    return layer_scores(s.importance, layers, stats, s.seed, getattr(run.constraint, "kind", "scale"), s.normalize)
+        batches = patch_loader(state.splits["train"], state.process, 8, state.tr.batch_size, state.cfg.seed, 0,
+                               state.device)
+        stats.update(taylor_statistic(state.model, layers, batches, state.loss_fn, state.device))
+    return layer_scores(s.importance, layers, stats, s.seed, getattr(state.constraint, "kind", "scale"), s.normalize)
 
 
-def prune(run, target: Target, tag: str) -> None:
-    """Remove channels to meet ``target``; log widths before and after. With a budget, the
-    switched-off units go first (no change of function), then, if they were not enough,
-    the least important others."""
-    s, t0 = run.schedule, time.time()
-    before = layer_widths(run.model)
-    for t in [Target("threshold"), target] if run.budget else [target]:
-        if t.mode != "threshold" and run.budget:
-            dense, now = run.dense_cost[t.mode], model_cost(run.model, t.mode, run.c_in, run.data.full_size)
-            if now <= dense * run.budget:
+def prune(state: RunState, stage: Stage) -> None:
+    """Remove channels to meet ``stage.target``; log widths before and after. With the
+    constraint's budget (target None), the switched-off units go first (no change of
+    function), then, if they were not enough, the least important others."""
+    s, t0, budget = state.schedule, time.time(), state.budget
+    before = layer_widths(state.model)
+    target = stage.target or Target(s.budget_on, budget)
+    for t in [Target("threshold"), target] if budget else [target]:
+        if t.mode != "threshold" and budget:
+            dense = state.dense_cost[t.mode]
+            now = model_cost(state.model, t.mode, state.c_in, state.data.full_size)
+            if now <= dense * budget:
                 break
             t = Target(t.mode, min(1.0, t.keep * dense / now))
-        removed = prune_model(run.model, run.constraint.layers, unit_scores(run), t, run.c_in,
-                              2 * pad_multiple(run.model), run.data.full_size, run.constraint.eps, s.min_channels, s.round_to,
-                              s.min_keep, s.cost_aware)
-        run.constraint.after_surgery(run.model, removed)
-        log.info("%s: removed %d unit channels (%s importance, %s target)", tag,
+        removed = prune_model(state.model, state.constraint.layers, unit_scores(state), t, state.c_in,
+                              2 * pad_multiple(state.model), state.data.full_size, state.constraint.eps,
+                              s.min_channels, s.round_to, s.min_keep, s.cost_aware)
+        state.constraint.after_surgery(state.model, removed)
+        log.info("%s: removed %d unit channels (%s importance, %s target)", stage.tag(""),
                  sum(len(c) for c in removed.values()), s.importance, t.mode)
-    log_widths(run, tag, before, t0)
+    log_widths(state, stage.tag(""), before, t0)
 
 
-def uniform(run, target: Target, tag: str = "uniform") -> None:
-    """Shrink every channel group by one width factor so the model meets ``target``, then give
-    it fresh weights: the ``uniform`` control, a narrower network trained from scratch."""
+def uniform(state: RunState, stage: Stage) -> None:
+    """Shrink every channel group by one width factor so the model meets ``stage.target``, then
+    give it fresh weights: the ``uniform`` control, a narrower network trained from scratch."""
     t0 = time.time()
-    before = layer_widths(run.model)
-    factor = shrink_uniformly(run.model, run.constraint.layers, target, run.c_in, 2 * pad_multiple(run.model),
-                              run.data.full_size, run.schedule.min_channels)
-    reinitialise(run.model)
-    run.set_model(run.model)
-    log.info("%s: every layer at %.3f of its width, trained from scratch", tag, factor)
-    log_widths(run, tag, before, t0)
+    before = layer_widths(state.model)
+    factor = shrink_uniformly(state.model, state.constraint.layers, stage.target, state.c_in,
+                              2 * pad_multiple(state.model), state.data.full_size, state.schedule.min_channels)
+    _fresh_weights(state, stage)
+    log.info("%s: every layer at %.3f of its width, trained from scratch", stage.name, factor)
+    log_widths(state, stage.tag(""), before, t0)
+
+
+def _fresh_weights(state: RunState, stage: Stage) -> None:
+    reinitialise(state.model)
+    state.set_model(state.model)
 
 
 @torch.no_grad()
@@ -87,33 +213,33 @@ def reinitialise(model: nn.Module) -> None:
             m.reset_running_stats()
 
 
-def log_widths(run, tag: str, before: dict, t0: float) -> None:
-    after = layer_widths(run.model)
+def log_widths(state: RunState, tag: str, before: dict, t0: float) -> None:
+    after = layer_widths(state.model)
     table = "| layer | before | after |\n|---|---|---|\n" + "\n".join(
         f"| {n} | {before[n]} | {after.get(n, 0)} |" for n in before)
-    run.logger.writer.add_text(f"{tag}/widths", table, run.step)
-    run.logger.scalars(tag, {"surgery_s": time.time() - t0,
-                             "channels_removed": sum(before.values()) - sum(after.values())}, run.step)
+    state.logger.writer.add_text(f"{tag}/widths", table, state.step)
+    state.logger.scalars(tag, {"surgery_s": time.time() - t0,
+                               "channels_removed": sum(before.values()) - sum(after.values())}, state.step)
 
 
-def dense_from_cache(run, train_dense) -> bool:
+def dense_from_cache(state: RunState, dense: Stage) -> bool:
     """Copy the dense stage from ``dense_cache`` or train it and store it there; True if trained here."""
-    container = lambda node: OmegaConf.to_container(node, resolve=True)
-    trainer = {k: v for k, v in container(run.tr).items() if k not in dense_cache.IGNORED_TRAINER_KEYS}
-    key = dense_cache.dense_key({"dataset": run.data_cfg, "model": run.builder, "seed": run.cfg.seed,
-                                 "constraint": container(run.cfg.constraint), "trainer": trainer,
-                                 "device": run.device.type})
-    folder = run.run_dir / "checkpoints" / "dense"
-    with dense_cache.claim(run.cfg.dense_cache, key) as entry:
+    container = lambda node: OmegaConf.to_container(node, resolve=True)  # noqa: E731
+    trainer = {k: v for k, v in container(state.tr).items() if k not in dense_cache.IGNORED_TRAINER_KEYS}
+    key = dense_cache.dense_key({"dataset": state.data_cfg, "model": state.builder, "seed": state.cfg.seed,
+                                 "constraint": container(state.cfg.constraint), "trainer": trainer,
+                                 "device": state.device.type})
+    folder = state.run_dir / "checkpoints" / dense.name
+    with dense_cache.claim(state.cfg.dense_cache, key) as entry:
         cached = dense_cache.fetch(entry, folder)
         if cached is None:
-            run.test_stage("dense", "test", train_dense())
-            dense_cache.store(entry, folder, run.logger.metrics["dense"], run.run_dir)
+            record(state, dense, train(state, dense))
+            dense_cache.store(entry, folder, state.logger.metrics[dense.name], state.run_dir)
             return True
     log.info("dense: copied from %s (trained in %s); this run trains no dense network", entry,
              cached.pop("trained_in"))
-    cached.update(schedule=run.schedule.settings(), dense_from=str(entry))
-    run.logger.scalars("test", {k: v for k, v in cached.items() if isinstance(v, (int, float))},
-                        cached.get("global_step", 0))
-    run.logger.stage("dense", cached)
+    cached.update(schedule=state.schedule.settings(), dense_from=str(entry))
+    state.logger.scalars(dense.tag("test"), {k: v for k, v in cached.items() if isinstance(v, (int, float))},
+                         cached.get("global_step", 0))
+    state.logger.stage(dense.name, cached)
     return False

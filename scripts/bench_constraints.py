@@ -18,7 +18,7 @@ import torch
 from jsp.constraints import Constraint, JSPConstraint
 from jsp.data import PatchDataset, make_synthetic, prepare
 from jsp.engine.losses import CEDiceLoss
-from jsp.engine.train import train_step
+from jsp.engine.train import LoopSettings, Objective, train_step
 from jsp.models import UNet
 
 from benchlib import write_report  # scripts/benchlib.py
@@ -50,11 +50,13 @@ def main() -> None:
                           opt=torch.optim.AdamW(model.parameters(), 1e-3),
                           scaler=torch.amp.GradScaler(device.type, enabled=False), step=0, times=[])
     loss_fn = CEDiceLoss()
+    settings = LoopSettings(steps=0, lr=1e-3, device=device)
 
     def block(r, timed: bool):
         t0 = time.perf_counter()
         for x, y in batches:
-            train_step(r["model"], x, y, loss_fn, r["opt"], r["constraint"], r["scaler"], r["step"], device)
+            train_step(r["model"], x, y, Objective(loss_fn, r["opt"], r["constraint"]), settings, r["scaler"], r["step"],
+                       r["opt"].param_groups[0]["lr"])
             r["step"] += 1
         if device.type == "cuda":
             torch.cuda.synchronize()

@@ -18,7 +18,7 @@ from jsp.constraints import JSPConstraint
 from jsp.data import load_drive, make_synthetic, prepare
 from jsp.engine.losses import CEDiceLoss
 from jsp.engine.runtime import patch_loader
-from jsp.engine.train import train_step
+from jsp.engine.train import LoopSettings, Objective, train_step
 from jsp.models import UNet
 
 from benchlib import write_report  # scripts/benchlib.py
@@ -51,15 +51,16 @@ def main() -> None:
     constraint = JSPConstraint().attach(model, 3)
     opt = torch.optim.AdamW(model.parameters(), 1e-3)
     scaler = torch.amp.GradScaler(device.type, enabled=False)
+    objective, settings = Objective(CEDiceLoss(), opt, constraint), LoopSettings(steps=0, lr=1e-3, device=device)
     x = torch.randn(args.batch, 3, args.patch, args.patch, device=device)
     y = torch.randint(0, 2, (args.batch, args.patch, args.patch), device=device)
     for step in range(3):  # warm-up
-        train_step(model, x, y, CEDiceLoss(), opt, constraint, scaler, step, device)
+        train_step(model, x, y, objective, settings, scaler, step, 1e-3)
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     for step in range(args.steps):
-        train_step(model, x, y, CEDiceLoss(), opt, constraint, scaler, step, device)
+        train_step(model, x, y, objective, settings, scaler, step, 1e-3)
     if device.type == "cuda":
         torch.cuda.synchronize()
     report["step_img_s"] = args.steps * args.batch / (time.perf_counter() - t0)

@@ -6,10 +6,10 @@ import torch
 from torch import nn
 
 from jsp.constraints import L1, Constraint, GroupLasso, JSPConstraint, Slimming, find_units
-from jsp.constraints.jsp import V1
+from jsp.constraints.composite import V1
 from jsp.constraints.group import UnitSet, weighted_group_norm
 from jsp.engine.losses import CEDiceLoss
-from jsp.engine.train import train_step
+from jsp.engine.train import LoopSettings, Objective, train_step
 from jsp.errors import ConfigError
 from jsp.models import UNet, mobilenetv3
 
@@ -166,7 +166,8 @@ def test_zero_lambdas_train_bit_identically_to_no_constraint():
         opt = torch.optim.AdamW(m.parameters(), 1e-2)
         scaler = torch.amp.GradScaler("cpu", enabled=False)
         for step, (x, y) in enumerate(batches):
-            train_step(m, x, y, CEDiceLoss(), opt, constraint, scaler, step, torch.device("cpu"))
+            train_step(m, x, y, Objective(CEDiceLoss(), opt, constraint), LoopSettings(steps=15, lr=1e-2), scaler, step,
+                       1e-2)
         finals.append(m.state_dict())
     assert all(torch.equal(v, finals[1][k]) for k, v in finals[0].items())
 

@@ -16,7 +16,7 @@ def test_runs_that_train_the_same_dense_network_share_it(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     logs = [(sweep / str(i) / "train.log").read_text() for i in range(3)]
     assert ["copied from" in log for log in logs] == [False, True, False]
-    assert "train: best val" in logs[0] and "train: best val" not in logs[1]
+    assert "dense: best val" in logs[0] and "dense: best val" not in logs[1]
     l1, rnd, jsp = (_metrics(sweep / str(i)) for i in range(3))
     assert rnd["dense"]["miou"] == l1["dense"]["miou"] and rnd["dense"]["dense_from"].startswith(str(cache))
     assert rnd["dense"]["schedule"]["importance"] == "random"  # this run's schedule, not the cached run's

@@ -18,7 +18,7 @@ from tests.conftest import REPO, TINY, cli, run_cli
 from tests.test_robustness import LONG, assert_clean_failure, comparable, uninterrupted  # noqa: F401
 
 
-def start_and_signal(run_dir: Path, sig: int, stage: str = "train") -> subprocess.CompletedProcess:
+def start_and_signal(run_dir: Path, sig: int, stage: str = "dense") -> subprocess.CompletedProcess:
     """Start the LONG run, send ``sig`` once ``stage`` has a mid-stage checkpoint, wait for the exit."""
     env = dict(os.environ)
     proc = subprocess.Popen([*cli(), *LONG, f"hydra.run.dir={run_dir}"], env=env,
@@ -44,12 +44,12 @@ def test_preempted_run_saves_exits_75_and_the_next_job_continues_it(sig, uninter
     assert first.returncode == 75, first.stdout[-3000:]
     assert f"on {signal.Signals(sig).name}" in first.stdout and "Traceback" not in first.stdout
     state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
-    assert state["stage"] == "train" and 0 < state["step"] < 120
+    assert state["stage"] == "dense" and 0 < state["step"] < 120
     assert (run_dir / "checkpoints" / "PREEMPTED").is_file()
     # The requeued job is the same command (no resume=true): resume=auto continues it.
     again = run_cli(*LONG, f"hydra.run.dir={run_dir}")
     assert again.returncode == 0, again.stdout + again.stderr
-    assert "was preempted" in again.stdout + again.stderr and "resume: train continues at step" in again.stdout + again.stderr
+    assert "was preempted" in again.stdout + again.stderr and "resume: dense continues at step" in again.stdout + again.stderr
     assert comparable(run_dir) == comparable(uninterrupted)
     assert not (run_dir / "checkpoints" / "PREEMPTED").exists()
 
@@ -79,7 +79,7 @@ def test_submitit_requeues_a_preempted_sweep_job_which_finishes_like_an_uninterr
     while time.time() < deadline and proc.poll() is None:
         try:
             state = torch.load(ckpt, weights_only=True)
-            if state["stage"] == "train" and 0 < state["step"] < 60:
+            if state["stage"] == "dense" and 0 < state["step"] < 60:
                 break
         except Exception:
             pass
@@ -91,7 +91,7 @@ def test_submitit_requeues_a_preempted_sweep_job_which_finishes_like_an_uninterr
     out, _ = proc.communicate(timeout=400)
     assert proc.returncode == 0, out[-3000:]
     log = (sweep / "0" / "train.log").read_text()
-    assert "stopped at step" in log and "on SIGUSR2" in log and "train continues at step" in log, log[-3000:]
+    assert "stopped at step" in log and "on SIGUSR2" in log and "dense continues at step" in log, log[-3000:]
     assert comparable(sweep / "0") == comparable(uninterrupted)
 
 

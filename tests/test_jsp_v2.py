@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from jsp.constraints import GroupLasso, JSPConstraint, Slimming, find_units
-from jsp.constraints.jsp import V1
+from jsp.constraints.composite import V1
 from jsp.constraints.redundancy import layer_redundancy
 from jsp.pruning import Target, layer_scores, prune
 

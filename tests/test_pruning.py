@@ -144,6 +144,33 @@ def test_iterative_schedule_keeps_geometric_fractions():
         Schedule(importance="magic")
 
 
+def test_schedule_yields_the_stages_of_a_run():
+    """Each stage's one name, its kind, steps, lr, seed offset and TensorBoard prefixes."""
+    it = Schedule(rounds=2, keep_params=0.25, finetune_steps=50, finetune_lr_scale=0.5, constraint_scale=0.1)
+    plan = it.stages(train_steps=200)
+    assert [(s.name, s.kind, s.steps) for s in plan] == [
+        ("dense", "train", 200), ("pruned_1", "prune", 0), ("finetuned_1", "train", 50),
+        ("pruned_2", "prune", 0), ("finetuned_2", "train", 50)]
+    dense, pruned, tuned = plan[:3]
+    assert dense.main and not tuned.main and tuned.validate_start and not dense.validate_start
+    assert (tuned.lr_scale, tuned.constraint_scale, tuned.seed_offset, plan[4].seed_offset) == (0.5, 0.1, 1, 2)
+    assert [pruned.target.keep, plan[3].target.keep] == pytest.approx([0.5, 0.5])
+    assert [dense.tag(w) for w in ("train", "val", "test")] == ["train", "val", "test"]
+    assert [tuned.tag(w) for w in ("train", "val", "test")] == ["finetune_1", "finetune_1/val", "finetune_1/test"]
+    assert pruned.tag("") == "prune_1" and pruned.tag("test") == "prune_1/test"
+    # A constraint budget is the one-shot target by itself (None: the budget, met by pruning).
+    assert [s.target for s in Schedule().stages(100, budget=0.1) if s.kind == "prune"] == [None]
+    assert [s.name for s in Schedule(rounds=0).stages(100)] == ["dense"]
+    assert [s.name for s in Schedule(finetune_steps=0).stages(100)] == ["dense", "pruned"]
+    # The controls: equal training (train + fine-tune steps) from fresh weights.
+    uniform, = Schedule(keep_params=0.1, finetune_steps=30).stages(100, control="uniform")
+    assert (uniform.name, uniform.steps, uniform.reset, uniform.target.keep, uniform.main) == \
+        ("uniform", 130, "uniform", 0.1, True)
+    scratch = Schedule(keep_params=0.1, finetune_steps=30).stages(100, control="scratch")[-1]
+    assert (scratch.name, scratch.steps, scratch.reset, scratch.constraint_scale, scratch.seed_offset) == \
+        ("scratch", 130, "reinit", 0.0, 1)
+
+
 def test_saved_pruned_model_reloads_without_pickle(tmp_path):
     torch.manual_seed(0)
     builder = {"name": "unet", "args": {"in_channels": 3, "num_classes": 2, "width": 8, "depth": 2}}

@@ -66,6 +66,13 @@ BAD_CONFIG = {
     "misspelt top-level key": (["sed=3"], ["Could not override 'sed'"]),
     "keep_params not a number": (["schedule.keep_params=abc"], ["schedule.keep_params=abc"]),
     "unknown model": (["model=resnet"], ["Could not find 'model/resnet'", "options: mobilenetv3"]),
+    # constraint and model keys depend on the option chosen: checked against the target's
+    # signature when built, before any data is read
+    "misspelt constraint key": (["+constraint.lambda_ss=1"], ["constraint.lambda_ss: not a setting of JSPConstraint",
+                                                             "did you mean constraint.lambda_s?"]),
+    "constraint weight not a number": (["constraint.lambda_s=abc"], ["constraint.lambda_s=abc: JSPConstraint takes a "
+                                                                     "number"]),
+    "model width not a number": (["model.width=abc"], ["model.width=abc: UNet takes a number"]),
 }
 
 
@@ -152,7 +159,7 @@ def uninterrupted(tmp_path_factory) -> Path:
     return run_dir
 
 
-@pytest.mark.parametrize("stage", ["train", "finetune"])
+@pytest.mark.parametrize("stage", ["dense", "finetuned"])
 def test_killed_run_resumes_to_the_same_metrics(stage, uninterrupted, tmp_path):
     run_dir = tmp_path / "run"
     env = dict(os.environ)
@@ -163,7 +170,7 @@ def test_killed_run_resumes_to_the_same_metrics(stage, uninterrupted, tmp_path):
     while time.time() < deadline and proc.poll() is None:  # kill once the stage has a mid-stage checkpoint
         try:
             state = torch.load(ckpt, weights_only=True)
-            if state["stage"] == stage and 0 < state["step"] < (120 if stage == "train" else 60):
+            if state["stage"] == stage and 0 < state["step"] < (120 if stage == "dense" else 60):
                 break
         except Exception:  # not written yet (or being replaced)
             pass

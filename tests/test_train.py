@@ -5,7 +5,7 @@ import torch
 
 from jsp.constraints import Constraint
 from jsp.engine.logger import RunLogger
-from jsp.engine.train import LoopSettings, NonFiniteLoss, lr_at, train_loop
+from jsp.engine.train import Hooks, LoopSettings, NonFiniteLoss, Objective, lr_at, train_loop
 
 
 def test_lr_warmup_then_cosine():
@@ -41,8 +41,8 @@ def test_loop_learns_and_keeps_best_validation_weights(tmp_path):
         return {"miou": 1.0 / len(seen)}
 
     logger = RunLogger(tmp_path)
-    best = train_loop(model, batches, _ce, torch.optim.SGD(model.parameters(), lr=0.5), Constraint(),
-                      LoopSettings(steps=40, lr=0.5, val_every=10), torch.device("cpu"), validate, logger)
+    best = train_loop(model, batches, Objective(_ce, torch.optim.SGD(model.parameters(), lr=0.5), Constraint()),
+                      LoopSettings(steps=40, lr=0.5, val_every=10), Hooks(validate, logger))
     logger.close()
     assert best["step"] == 10 and len(seen) == 4
     assert all(torch.equal(v, seen[0][k]) for k, v in model.state_dict().items())
@@ -53,8 +53,8 @@ def test_loop_stops_on_non_finite_loss(tmp_path):
     model, batches = _toy()
     bad = lambda logits, y: (logits.sum() * math.inf, {})
     with pytest.raises(NonFiniteLoss, match="not finite at step 0"):
-        train_loop(model, batches, bad, torch.optim.SGD(model.parameters(), lr=0.1), Constraint(),
-                   LoopSettings(steps=5, lr=0.1), torch.device("cpu"), lambda m, step: {"miou": 0}, RunLogger(tmp_path))
+        train_loop(model, batches, Objective(bad, torch.optim.SGD(model.parameters(), lr=0.1), Constraint()),
+                      LoopSettings(steps=5, lr=0.1), Hooks(lambda m, step: {"miou": 0}, RunLogger(tmp_path)))
 
 
 def test_on_equal_validation_the_later_weights_win(tmp_path):
@@ -65,8 +65,8 @@ def test_on_equal_validation_the_later_weights_win(tmp_path):
         seen.append({k: v.clone() for k, v in m.state_dict().items()})
         return {"miou": 0.5}
 
-    best = train_loop(model, batches, _ce, torch.optim.SGD(model.parameters(), lr=0.5), Constraint(),
-                      LoopSettings(steps=30, lr=0.5, val_every=10), torch.device("cpu"), validate, RunLogger(tmp_path))
+    best = train_loop(model, batches, Objective(_ce, torch.optim.SGD(model.parameters(), lr=0.5), Constraint()),
+                      LoopSettings(steps=30, lr=0.5, val_every=10), Hooks(validate, RunLogger(tmp_path)))
     assert best["step"] == 30
     assert all(torch.equal(v, seen[-1][k]) for k, v in model.state_dict().items())
 
@@ -76,9 +76,9 @@ def test_fine_tuning_hands_back_the_starting_weights_when_it_never_beats_them(tm
     start = {k: v.clone() for k, v in model.state_dict().items()}
     scores = iter([0.9, 0.5, 0.6, 0.7])  # the starting network validates best
 
-    best = train_loop(model, batches, _ce, torch.optim.SGD(model.parameters(), lr=0.5), Constraint(),
-                      LoopSettings(steps=30, lr=0.5, val_every=10, validate_start=True), torch.device("cpu"),
-                      lambda m, step: {"miou": next(scores)}, RunLogger(tmp_path))
+    best = train_loop(model, batches, Objective(_ce, torch.optim.SGD(model.parameters(), lr=0.5), Constraint()),
+                      LoopSettings(steps=30, lr=0.5, val_every=10, validate_start=True),
+                      Hooks(lambda m, step: {"miou": next(scores)}, RunLogger(tmp_path)))
     assert best == {"miou": 0.9, "step": 0}
     assert all(torch.equal(v, start[k]) for k, v in model.state_dict().items())
 
@@ -87,8 +87,8 @@ def test_fine_tuning_keeps_its_own_weights_when_they_validate_as_well(tmp_path):
     model, batches = _toy()
     start = {k: v.clone() for k, v in model.state_dict().items()}
     scores = iter([0.5, 0.4, 0.5, 0.3])
-    best = train_loop(model, batches, _ce, torch.optim.SGD(model.parameters(), lr=0.5), Constraint(),
-                      LoopSettings(steps=30, lr=0.5, val_every=10, validate_start=True), torch.device("cpu"),
-                      lambda m, step: {"miou": next(scores)}, RunLogger(tmp_path))
+    best = train_loop(model, batches, Objective(_ce, torch.optim.SGD(model.parameters(), lr=0.5), Constraint()),
+                      LoopSettings(steps=30, lr=0.5, val_every=10, validate_start=True),
+                      Hooks(lambda m, step: {"miou": next(scores)}, RunLogger(tmp_path)))
     assert best["step"] == 20
     assert not all(torch.equal(v, start[k]) for k, v in model.state_dict().items())

@@ -2,7 +2,7 @@
 from jsp.constraints.base import Constraint
 from jsp.constraints.baselines import L1, GroupLasso, Slimming
 from jsp.constraints.coupled import CoupledGroupLasso
-from jsp.constraints.jsp import JSPConstraint
+from jsp.constraints.composite import JSPConstraint
 from jsp.constraints.units import UnitLayer, find_units, off_fractions
 
 __all__ = ["Constraint", "CoupledGroupLasso", "JSPConstraint", "L1", "GroupLasso", "Slimming",

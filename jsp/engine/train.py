@@ -27,6 +27,8 @@ class NonFiniteLoss(JSPError):
 
 @dataclass
 class LoopSettings:
+    """How one stage trains. ``tag``/``val_tag``: TensorBoard prefixes of its losses and its
+    validation metrics."""
     steps: int
     lr: float
     warmup_steps: int = 0
@@ -34,11 +36,34 @@ class LoopSettings:
     val_every: int = 100
     log_every: int = 10
     progress_every: int = 50  # without a terminal (no tqdm bar): a progress line every N steps
+    checkpoint_every: int = 0  # 0: only on a stop signal
     grad_clip: float = 0.0
     amp: bool = False
     channels_last: bool = False
+    device: torch.device = torch.device("cpu")
+    tag: str = "train"
+    val_tag: str = "val"
     first_step: int = 0   # global step of this stage's first step (TensorBoard x axis)
     validate_start: bool = False  # the starting weights compete for "best" (fine-tuning may not help)
+
+
+@dataclass
+class Objective:
+    """What one step minimises and how: task loss ``loss_fn(logits, y) -> (loss, terms)``, the
+    constraint (its penalty, statistics and proximal step) and the optimiser."""
+    loss_fn: Callable
+    optimizer: torch.optim.Optimizer
+    constraint: Constraint
+
+
+@dataclass
+class Hooks:
+    """What the loop calls out to. validate(model, global step) -> metrics with "miou" (the
+    criterion), optionally "eligible" (see Best); checkpoint(steps done, best, best_state)
+    runs every ``checkpoint_every`` steps and on a stop signal."""
+    validate: Callable[[nn.Module, int], dict]
+    logger: RunLogger
+    checkpoint: Callable[[int, dict, dict | None], None] | None = None
 
 
 def lr_at(step: int, s: LoopSettings) -> float:
@@ -49,19 +74,18 @@ def lr_at(step: int, s: LoopSettings) -> float:
     return s.lr * (s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def train_step(model, x, y, loss_fn, optimizer, constraint: Constraint, scaler, step: int,
-               device: torch.device, amp: bool = False, channels_last: bool = False,
-               grad_clip: float = 0.0, lr: float | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+def train_step(model, x, y, objective: Objective, s: LoopSettings, scaler, step: int,
+               lr: float) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """One optimisation step on batch (x (N, C, p, p), y (N, p, p)); returns (task, penalty, terms).
 
-    ``lr``: the step's learning rate, for the constraint's proximal step (default: the
-    optimiser's first group's)."""
-    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-    if channels_last:
+    ``lr``: the step's learning rate, also the constraint's proximal step's."""
+    constraint, optimizer = objective.constraint, objective.optimizer
+    x, y = x.to(s.device, non_blocking=True), y.to(s.device, non_blocking=True)
+    if s.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(device.type, enabled=amp):
+    with torch.autocast(s.device.type, enabled=s.amp):
         logits = model(x)
-    task, terms = loss_fn(logits, y)
+    task, terms = objective.loss_fn(logits, y)
     penalty = constraint.penalty(model)
     # One check a step: a NaN must stop the stage before it reaches the weights.
     if not torch.isfinite(task + penalty):
@@ -73,75 +97,63 @@ def train_step(model, x, y, loss_fn, optimizer, constraint: Constraint, scaler, 
     scaler.scale(task + penalty).backward()
     # Statistics (e.g. gradient activity) from the task-loss part of the gradients.
     constraint.observe(model, step)
-    if grad_clip > 0:
+    if s.grad_clip > 0:
         scaler.unscale_(optimizer)
-        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
     scaler.step(optimizer)
     scaler.update()
     # The proximal step (update=prox) with the lr the optimiser just used, and the budget check.
-    constraint.step(model, optimizer.param_groups[0]["lr"] if lr is None else lr, step)
+    constraint.step(model, lr, step)
     return task, penalty, terms
 
 
-def train_loop(
-    model: nn.Module,
-    batches: Iterable,
-    loss_fn: Callable,
-    optimizer: torch.optim.Optimizer,
-    constraint: Constraint,
-    s: LoopSettings,
-    device: torch.device,
-    validate: Callable[[nn.Module, int], dict],
-    logger: RunLogger,
-    tag: str = "train",
-    val_tag: str = "val",
-    resume: dict | None = None,
-    checkpoint: Callable[[int, dict, dict | None], None] | None = None,
-    checkpoint_every: int = 0,
-) -> dict:
+def train_loop(model: nn.Module, batches: Iterable, objective: Objective, s: LoopSettings, hooks: Hooks,
+               resume: dict | None = None) -> dict:
     """Train for ``s.steps`` steps; validate every ``s.val_every``; end with the best weights.
 
-    batches: yields (x (N, C, p, p), y (N, p, p)) for the steps still to run. validate:
-    (model, global step) -> metrics with "miou" (the criterion), optionally "eligible" (see
-    Best). resume: {"step", "best", "best_state"}. checkpoint(steps done, best, best_state) runs
-    every ``checkpoint_every`` steps. With ``s.validate_start`` the starting weights compete
-    as step 0. Returns the best validation metrics, with "step". Raises NonFiniteLoss (NaN or
-    infinite loss) and Preempted (after a checkpoint) at the step boundary after a stop signal.
+    batches: yields (x (N, C, p, p), y (N, p, p)) for the steps still to run. resume: {"step",
+    "best", "best_state"} of an interrupted stage. With ``s.validate_start`` the starting
+    weights compete as step 0. Returns the best validation metrics, with "step". Raises
+    NonFiniteLoss (NaN or infinite loss) and Preempted (after a checkpoint) at the step
+    boundary after a stop signal.
     """
-    scaler = torch.amp.GradScaler(device.type, enabled=s.amp and device.type == "cuda")
+    scaler = torch.amp.GradScaler(s.device.type, enabled=s.amp and s.device.type == "cuda")
     start = resume["step"] if resume else 0
     best = Best(resume)
     if s.validate_start and start == 0:
         # Fine-tuning starts from a network that already works; if no fine-tuned checkpoint
         # beats it on validation, the stage must hand it back rather than a worse one.
-        metrics = validate(model, s.first_step)
-        logger.scalars(val_tag, metrics, s.first_step)
-        best.offer(model, metrics, 0, last=False)
+        best.offer(model, _validate(hooks, s.val_tag, model, s.first_step), 0, last=False)
     it = iter(batches)
     model.train()
-    bar = tqdm(range(start, s.steps), desc=tag, disable=None, dynamic_ncols=True, initial=start, total=s.steps)
-    progress = Progress(tag, start, s.steps, s.progress_every if bar.disable else 0)
+    bar = tqdm(range(start, s.steps), desc=s.tag, disable=None, dynamic_ncols=True, initial=start, total=s.steps)
+    progress = Progress(s.tag, start, s.steps, s.progress_every if bar.disable else 0)
     for step in bar:
         lr = lr_at(step, s)
-        for group in optimizer.param_groups:
+        for group in objective.optimizer.param_groups:
             group["lr"] = lr
         x, y = next(it)
-        task, penalty, terms = train_step(model, x, y, loss_fn, optimizer, constraint, scaler, step,
-                                          device, s.amp, s.channels_last, s.grad_clip, lr)
+        task, penalty, terms = train_step(model, x, y, objective, s, scaler, step, lr)
         if step % s.log_every == 0 or step == s.steps - 1:
-            total = _log_losses(logger, tag, task, penalty, {**terms, **constraint.terms}, lr, s.first_step + step)
+            total = _log_losses(hooks.logger, s.tag, task, penalty, {**terms, **objective.constraint.terms}, lr,
+                                s.first_step + step)
             bar.set_postfix(loss=f"{total:.4f}", lr=f"{lr:.2e}")
         progress.step(step, task, penalty, lr)
         if (step + 1) % s.val_every == 0 or step + 1 == s.steps:
-            metrics = validate(model, s.first_step + step + 1)
-            logger.scalars(val_tag, metrics, s.first_step + step + 1)
+            metrics = _validate(hooks, s.val_tag, model, s.first_step + step + 1)
             progress.validated(step, metrics)
             best.offer(model, metrics, step + 1, last=step + 1 == s.steps)
         if step + 1 < s.steps:
-            _save_or_stop(checkpoint, checkpoint_every, step + 1, s.steps, best, tag)
+            _save_or_stop(hooks.checkpoint, s.checkpoint_every, step + 1, s.steps, best, s.tag)
     if best.state is not None:
         model.load_state_dict(best.state)
     return best.metrics
+
+
+def _validate(hooks: Hooks, val_tag: str, model: nn.Module, step: int) -> dict:
+    metrics = hooks.validate(model, step)
+    hooks.logger.scalars(val_tag, metrics, step)
+    return metrics
 
 
 def _save_or_stop(checkpoint, every: int, done: int, steps: int, best: "Best", tag: str) -> None:

@@ -6,9 +6,42 @@ remove equal fractions of what is left.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from jsp.errors import ConfigError
 from jsp.pruning.importance import NORMALIZE, check_importance
 from jsp.pruning.pruner import Target
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One evaluated stage of a run: its ``name`` names its checkpoint folder, its metrics.json
+    entry, its log lines and (through ``tb_prefix``) its TensorBoard curves.
+
+    kind: "train" (``steps`` steps at ``lr_scale`` x trainer.lr, the constraint at
+    ``constraint_scale`` x its weights, batches drawn with seed + ``seed_offset``; first
+    ``reset``: "reinit" fresh weights, "uniform" every layer narrowed by one width factor to
+    ``target`` and fresh weights) or "prune" (remove channels to meet ``target``; None: the
+    constraint's budget). ``validate_start``: the starting weights compete for the best.
+    Stages other than the ``main`` one train with the constraint scaled (its statistics go on).
+    """
+    name: str
+    kind: str
+    tb_prefix: str = ""            # "" is the top level (the dense stage: train/, val/, test/)
+    steps: int = 0
+    lr_scale: float = 1.0
+    constraint_scale: float = 1.0
+    seed_offset: int = 0
+    target: Target | None = None
+    reset: str | None = None
+    validate_start: bool = False
+    main: bool = False             # the run's own training: the constraint itself, budget controller included
+
+    def tag(self, what: str) -> str:
+        """TensorBoard prefix of ``what``: "train" (losses), "val", "test" or "" (the stage's own)."""
+        if not self.tb_prefix:
+            return what or "train"
+        return f"{self.tb_prefix}/{what}" if what not in ("", "train") else self.tb_prefix
 
 
 class Schedule:
@@ -80,6 +113,31 @@ class Schedule:
             keep = self.keep_at(r)
             out.append((Target(self.mode, keep / before), keep))
             before = keep
+        return out
+
+    def stages(self, train_steps: int, control: str = "none", budget: float | None = None) -> list[Stage]:
+        """The evaluated stages in order: dense training, then per round prune (-> fine-tune).
+
+        budget: the constraint's budget, a one-shot target by itself. control="uniform": one
+        stage, the dense architecture shrunk by one width factor to the budget and trained from
+        scratch for train + fine-tune steps (equal training); "scratch": the pruned
+        architecture re-initialised and trained from scratch for as long, instead of fine-tuned.
+        """
+        total = train_steps + self.finetune_steps
+        if control == "uniform":
+            return [Stage("uniform", "train", "uniform", total, target=self.targets()[0][0], reset="uniform",
+                          main=True)]
+        out = [Stage("dense", "train", "", train_steps, main=True)]
+        targets = [None] if budget else [t for t, _ in self.targets()]
+        for r, target in enumerate(targets, start=1):
+            x = "" if self.rounds == 1 else f"_{r}"
+            out.append(Stage(f"pruned{x}", "prune", f"prune{x}", target=target))
+            if control == "scratch":
+                out.append(Stage("scratch", "train", "scratch", total, constraint_scale=0.0, seed_offset=1,
+                                 reset="reinit"))
+            elif self.finetune_steps:
+                out.append(Stage(f"finetuned{x}", "train", f"finetune{x}", self.finetune_steps,
+                                 self.finetune_lr_scale, self.constraint_scale, r, validate_start=True))
         return out
 
     def settings(self) -> dict:
