@@ -38,6 +38,30 @@ def test_keep_params_is_met_within_two_percent(name):
     assert out.shape == (1, 2, 64, 64)  # the classes survive
 
 
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_budget_probes_on_one_graph_cost_what_a_fresh_surgery_costs(name):
+    """The budget search prunes one meta copy and puts it back between probes; every probe,
+    in any order, must cost exactly what surgery on a fresh copy of the model costs."""
+    from jsp.pruning import ChannelGroups
+    from jsp.pruning.surgery import MetaProbe, meta_copy, model_cost, remove_channels
+
+    torch.manual_seed(0)
+    model = MODELS[name]()
+    layers = find_units(model, 3)
+    groups = ChannelGroups(model, layers, {l.name: torch.rand(l.size) for l in layers}, 3, 64)
+    probe = MetaProbe(model, layers, groups.example_shape, 3, (96, 80))
+    ks = [groups.total() // 2, 5, groups.total() - 1, 0, groups.total() // 4, groups.total() // 2]
+    for mode in ("params", "macs"):
+        probed = [probe.cost(groups.select(k), mode) for k in ks]
+        fresh = []
+        for k in ks:
+            clone, mapped = meta_copy(model, layers)
+            remove_channels(clone, mapped, groups.select(k), groups.example_shape, fold=False)
+            fresh.append(model_cost(clone, mode, 3, (96, 80)))
+        assert probed == fresh and len(set(probed)) == 5, (mode, probed, fresh)
+    assert count_params(probe.clone) == count_params(model)  # put back whole
+
+
 def test_keep_macs_is_met():
     model = UNet(3, 2, width=8, depth=3).eval()
     dense = count_macs(model, 3, (64, 64))

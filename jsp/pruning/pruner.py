@@ -91,7 +91,7 @@ class ChannelGroups:
         self.example_shape = (1, in_channels, size, size)
         param = next(model.parameters())
         example = torch.zeros(self.example_shape, device=param.device, dtype=param.dtype)
-        groups, graph = groups_of(model, layers, example)
+        groups, graph = self.groups, self.graph = groups_of(model, layers, example)  # reused by the surgery
         pixels = _spatial_sizes(model, example) if cost_aware == "macs" else {}
         by_conv = {id(l.conv): l for l in layers}
         off_of = {l.name: (l.off(eps) if off is None else off[l.name]).cpu() for l in layers}

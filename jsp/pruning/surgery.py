@@ -1,6 +1,6 @@
 """Removing channels: the surgery itself, folding constant units into their consumers, the
-budget search, and ``prune``, the one call that does all three (shaped like Torch-Pruning's
-``pruner.step()``).
+budget search (``MetaProbe``: one dependency graph per search), and ``prune``, the one call
+that does all three (shaped like Torch-Pruning's ``pruner.step()``).
 """
 from __future__ import annotations
 
@@ -19,18 +19,19 @@ log = logging.getLogger("jsp")
 
 
 def remove_channels(model: nn.Module, layers: list[UnitLayer], chosen: list[list[int]], example_shape,
-                    fold: bool = True) -> dict[str, list[int]]:
+                    fold: bool = True, built: tuple | None = None) -> dict[str, list[int]]:
     """Remove the chosen root channels of each group from ``model`` in place. With ``fold``,
     removed units whose output is a constant (gamma_u = 0 after a normalisation) first have
     that constant added to their consumers, so removing them changes no output (away from
     zero-padded borders, where a consumer saw padding instead of the constant).
 
+    ``built``: (groups, graph) already built for ``model`` as it is now (``ChannelGroups``).
     Returns {unit layer name: removed output-channel indices} so per-unit statistics can
     follow the surgery.
     """
     param = next(model.parameters())
     example = torch.zeros(example_shape, device=param.device, dtype=param.dtype)
-    groups, graph = groups_of(model, layers, example)
+    groups, graph = built or groups_of(model, layers, example)
     if len(groups) != len(chosen):
         raise RuntimeError("the model's channel groups changed between planning and surgery")
     names = {id(l.conv): l.name for l in layers}
@@ -128,6 +129,42 @@ def model_cost(model: nn.Module, mode: str, in_channels: int, full_size: tuple[i
     return count_params(model) if mode == "params" else count_macs(model, in_channels, full_size)
 
 
+class MetaProbe:
+    """What ``model`` would cost after removing chosen channels, measured by real surgery on
+    one meta-device copy (no memory, no compute) whose dependency graph is built once: each
+    probe prunes the copy through its groups, counts, and puts back every tensor and size the
+    surgery replaced (modules' parameters, buffers and widths; concatenation offsets)."""
+
+    def __init__(self, model: nn.Module, layers: list[UnitLayer], example_shape, in_channels: int,
+                 full_size: tuple[int, int]):
+        self.clone, mapped = meta_copy(model, layers)
+        self.groups, self.graph = groups_of(self.clone, mapped, torch.zeros(example_shape, device="meta"))
+        self.in_channels, self.full_size = in_channels, full_size
+        self.saved = [(m, dict(m._parameters), dict(m._buffers),
+                       {k: copy.copy(v) for k, v in vars(m).items()
+                        if not k.startswith("_") and isinstance(v, (int, float, bool, list, tuple))})
+                      for m in self.graph.module2node if isinstance(m, nn.Module)]
+
+    def cost(self, chosen: list[list[int]], mode: str) -> int:
+        """Params or MACs of the model with ``chosen`` root channels removed from each group."""
+        if len(self.groups) != len(chosen):
+            raise RuntimeError("the model's channel groups changed between planning and surgery")
+        try:
+            for group, idxs in zip(self.groups, chosen):
+                if idxs:
+                    group.prune(idxs=idxs)
+            return model_cost(self.clone, mode, self.in_channels, self.full_size)
+        finally:
+            for m, params, buffers, sizes in self.saved:
+                m._parameters.clear()
+                m._parameters.update(params)
+                m._buffers.clear()
+                m._buffers.update(buffers)
+                for k, v in sizes.items():
+                    setattr(m, k, copy.copy(v))
+            self.graph._pruning_history.clear()
+
+
 def choose_channels(model: nn.Module, layers: list[UnitLayer], groups: ChannelGroups, target: Target,
                     full_size: tuple[int, int], min_channels: int = 1, round_to: int = 1,
                     min_keep: float = 0.0) -> list[list[int]]:
@@ -141,11 +178,8 @@ def choose_channels(model: nn.Module, layers: list[UnitLayer], groups: ChannelGr
         return select(None)
     in_channels = groups.example_shape[1]
     budget = target.keep * model_cost(model, target.mode, in_channels, full_size)
-
-    def cost_after(k):
-        clone, mapped = meta_copy(model, layers)
-        remove_channels(clone, mapped, select(k), groups.example_shape, fold=False)
-        return model_cost(clone, target.mode, in_channels, full_size)
+    probe = MetaProbe(model, layers, groups.example_shape, in_channels, full_size)
+    cost_after = lambda k: probe.cost(select(k), target.mode)  # noqa: E731
 
     lo, hi = 0, groups.total()  # cost_after(lo) > budget unless nothing needs removing
     if cost_after(lo) <= budget:
@@ -186,7 +220,7 @@ def prune(model: nn.Module, layers: list[UnitLayer], scores: dict[str, torch.Ten
     """
     groups = ChannelGroups(model, layers, scores, in_channels, size, eps, cost_aware)
     chosen = choose_channels(model, layers, groups, target, full_size, min_channels, round_to, min_keep)
-    return remove_channels(model, layers, chosen, groups.example_shape)
+    return remove_channels(model, layers, chosen, groups.example_shape, built=(groups.groups, groups.graph))
 
 
 def shrink_uniformly(model: nn.Module, layers: list[UnitLayer], target: Target, in_channels: int, size: int,
@@ -200,10 +234,8 @@ def shrink_uniformly(model: nn.Module, layers: list[UnitLayer], target: Target, 
         keep = [min(n, max(min_channels, math.ceil(f * n))) for n in groups.sizes]
         return [list(range(k, n)) for k, n in zip(keep, groups.sizes)]
 
-    def cost(f):
-        clone, mapped = meta_copy(model, layers)
-        remove_channels(clone, mapped, chosen(f), groups.example_shape, fold=False)
-        return model_cost(clone, target.mode, in_channels, full_size) / base
+    probe = MetaProbe(model, layers, groups.example_shape, in_channels, full_size)
+    cost = lambda f: probe.cost(chosen(f), target.mode) / base  # noqa: E731
 
     lo, hi = 0.0, 1.0  # cost(lo) <= keep < cost(hi) (unless keep = 1)
     if cost(hi) <= target.keep:
@@ -211,5 +243,5 @@ def shrink_uniformly(model: nn.Module, layers: list[UnitLayer], target: Target, 
     for _ in range(30):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if cost(mid) <= target.keep else (lo, mid)
-    remove_channels(model, layers, chosen(lo), groups.example_shape, fold=False)
+    remove_channels(model, layers, chosen(lo), groups.example_shape, fold=False, built=(groups.groups, groups.graph))
     return lo
