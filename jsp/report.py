@@ -66,9 +66,7 @@ def describe(run: Path) -> dict:
     if cfg.get("control") == "scratch" and method != "scratch":  # any method's architecture from scratch
         method = f"scratch({method})"
     lambdas = ",".join(f"{k}={constraint[k]:g}" for k in ("lambda_s", "lambda_r", "lambda") if k in constraint)
-    # constraint.budget: the controller's parameter budget is the pruning target
-    keep = (schedule.get("keep_params") or constraint.get("budget")) if schedule.get("rounds") else 1.0
-    keep = keep if keep is not None else ("threshold" if schedule.get("rounds") else 1.0)
+    keep = _budget_of(constraint, schedule)
     width = (cfg.get("model") or {}).get("width")  # runs of different widths are different models
     model = choices.get("model", "?") + (f"-w{width}" if width is not None else "")
     row = {"dataset": choices.get("dataset", "?"), "method": method, "model": model, "lambdas": lambdas or "-", "keep": keep,
@@ -108,12 +106,28 @@ def _fmt(v) -> str:
     return f"{v:,}" if isinstance(v, int) else str(v)
 
 
-def _keep_order(keep: str) -> float:
-    """Budgets from the largest down; a threshold-pruned run (no budget) after them."""
-    try:
-        return -float(keep)
-    except ValueError:
+def _budget_of(constraint: dict, schedule: dict):
+    """The run's budget label: the kept fraction of the parameters (a number: ``keep_params``
+    or the constraint's budget), ``"macs F"`` for a MAC budget (``keep_macs``, or the budget
+    with ``schedule.budget_on=macs``), 1.0 unpruned, "threshold" without a budget."""
+    if not schedule.get("rounds"):
         return 1.0
+    if schedule.get("keep_macs") is not None:
+        return f"macs {schedule['keep_macs']:g}"
+    if schedule.get("keep_params") is not None:
+        return schedule["keep_params"]
+    if constraint.get("budget") is not None:
+        return f"macs {constraint['budget']:g}" if schedule.get("budget_on") == "macs" else constraint["budget"]
+    return "threshold"
+
+
+def _keep_order(keep: str) -> tuple:
+    """Parameter budgets from the largest down, then MAC budgets, then threshold-pruned runs."""
+    text = str(keep)
+    try:
+        return (0, -float(text))
+    except ValueError:
+        return (1, -float(text[5:])) if text.startswith("macs ") else (2, 0.0)
 
 
 def rank_budgets(rows: list[dict]) -> list[dict]:

@@ -285,3 +285,16 @@ def test_verdict_adds_a_paired_test_over_images_when_runs_have_per_image_metrics
     assert f"Per-image F1, paired +0.0185 [95% CI {ci.low:+.4f}, {ci.high:+.4f}] over 4 paired images: clear" in budget["verdict"]
     rows[1]["per_image_f1"] = {}  # one run without per_image.csv: no image-level test
     assert "Per-image" not in rank_budgets(rows)[0]["verdict"]
+
+
+def test_budgets_are_labelled_by_what_they_count_and_ordered_params_then_macs():
+    from jsp.report import _budget_of, _keep_order
+
+    one = {"rounds": 1, "budget_on": "params"}
+    assert _budget_of({"budget": 0.1}, one) == 0.1
+    assert _budget_of({"budget": 0.2}, {**one, "budget_on": "macs"}) == "macs 0.2"
+    assert _budget_of({}, {**one, "keep_macs": 0.05}) == "macs 0.05"
+    assert _budget_of({"budget": 0.3}, {**one, "keep_params": 0.01}) == 0.01  # the schedule's target decides
+    assert _budget_of({}, one) == "threshold" and _budget_of({"budget": 0.1}, {"rounds": 0}) == 1.0
+    labels = ["threshold", "macs 0.05", 0.01, 1.0, "macs 0.2", 0.0025]
+    assert sorted(labels, key=_keep_order) == [1.0, 0.01, 0.0025, "macs 0.2", "macs 0.05", "threshold"]
