@@ -4,7 +4,7 @@ Both models start from the same weights and see the same batches of the default 
 config; blocks of steps alternate between them (interleaved, so machine noise hits both
 alike), and the median block time per step is compared.
 
-    python scripts/bench_constraints.py [--width 16] [--rounds 12] [--block 10] [--out FILE]
+    python scripts/bench_constraints.py [--width 16] [--rounds 12] [--block 10] [--cost-aware params] [--out FILE]
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--block", type=int, default=10, help="steps per timed block")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--cost-aware", default="params", help="constraint.cost_aware (conf/constraint/jsp.yaml's default)")
     ap.add_argument("--out", default="outputs/bench_constraints.json")
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -44,7 +45,8 @@ def main() -> None:
 
     base = UNet(3, 2, args.width, args.depth).to(device)
     runs = {}
-    for name, constraint in (("none", Constraint()), ("jsp", JSPConstraint())):
+    cost_aware = None if args.cost_aware in ("null", "none") else args.cost_aware
+    for name, constraint in (("none", Constraint()), ("jsp", JSPConstraint(cost_aware=cost_aware))):
         model = copy.deepcopy(base)
         runs[name] = dict(model=model, constraint=constraint.attach(model),
                           opt=torch.optim.AdamW(model.parameters(), 1e-3),
