@@ -32,6 +32,7 @@ from jsp.errors import ConfigError
 from jsp.files import RunLock, probe_writable
 from jsp.metrics import count_macs, count_params
 from jsp.models.saved import load_model, save_model
+from jsp.models.warm_start import warm_start
 from jsp.provenance import hydra_overrides, provenance
 from jsp.registry import describe
 from jsp.run_config import build, build_dataset, check_arguments, check_control, check_trainer, choices, \
@@ -88,6 +89,8 @@ def _settings(state: RunState, cfg: DictConfig) -> None:
     state.control = cfg.get("control") or "none"
     state.budget = state.constraint.budget = effective_budget(state.constraint.budget, state.schedule, state.control)
     check_control(state.control, state.budget, state.schedule)
+    if cfg.get("init_from") and state.control != "none":
+        raise ConfigError(f"init_from and control={state.control} contradict each other: a control trains from scratch")
     state.constraint.min_units = state.schedule.min_channels
     state.provenance = provenance(hydra_overrides())
 
@@ -116,7 +119,12 @@ def _model(state: RunState, cfg: DictConfig) -> None:
     check_arguments(state.builder, "model")  # the user's key names, before the registry's checks
     state.architecture = describe("model", state.builder)
     state.channels_last = tr.channels_last is True or (tr.channels_last == "auto" and state.device.type == "cuda")
-    state.set_model(build(state.builder))
+    model = build(state.builder)
+    if cfg.get("init_from"):  # a trained start (jsp/models/warm_start.py); budgets stay relative to it
+        state.init_sha256 = warm_start(model, cfg.init_from)
+        state.provenance["init_from"] = {"path": str(cfg.init_from), "sha256": state.init_sha256}
+        log.info("model: starting from the weights in %s (sha256 %s)", cfg.init_from, state.init_sha256[:12])
+    state.set_model(model)
     # Budgets and ratios are relative to the dense network this config builds.
     state.dense_cost = {"params": count_params(state.model),
                         "macs": count_macs(state.model, state.c_in, data.full_size)}

@@ -17,7 +17,7 @@ import yaml
 # Overrides that say which run this is (its seed, budget, method, data, output), not which
 # setting of the method: a grid over anything else is a choice selection makes.
 NOT_A_SETTING = ("seed", "method", "model", "model.width", "dataset", "dataset.root", "experiment",
-                 "schedule.keep_params", "schedule.keep_macs", "constraint.budget", "dense_cache", "control",
+                 "schedule.keep_params", "schedule.keep_macs", "constraint.budget", "dense_cache", "init_from", "control",
                  "trainer.device", "resume")
 
 

@@ -228,6 +228,7 @@ def dense_from_cache(state: RunState, dense: Stage) -> bool:
     trainer = {k: v for k, v in container(state.tr).items() if k not in dense_cache.IGNORED_TRAINER_KEYS}
     key = dense_cache.dense_key({"dataset": state.data_cfg, "model": state.builder, "seed": state.cfg.seed,
                                  "constraint": container(state.cfg.constraint), "trainer": trainer,
+                                 "init": state.init_sha256,
                                  "device": state.device.type})
     folder = state.run_dir / "checkpoints" / dense.name
     with dense_cache.claim(state.cfg.dense_cache, key) as entry:

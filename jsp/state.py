@@ -28,7 +28,8 @@ class RunState:
     control: "none", "uniform" or "scratch"; process: how raw images become tensors; data: the
     dataset (num_classes, full_size (H, W), class_names, ignore_index) and splits its prepared
     train/val/test images; builder/architecture: the model's settings and its registry record;
-    dense_cost: {"params", "macs"} of the dense network budgets are relative to; resume_state:
+    dense_cost: {"params", "macs"} of the dense network budgets are relative to; init_sha256:
+    the weights file training started from (``init_from``), else None; resume_state:
     an interrupted stage's training state (checkpoints/last.pt), taken by the stage it belongs to.
     """
     cfg: DictConfig
@@ -53,6 +54,7 @@ class RunState:
     amp: bool = False
     model: nn.Module | None = None
     dense_cost: dict = field(default_factory=dict)
+    init_sha256: str | None = None
     loss_fn: object = None
     ckpt: Path | None = None
     resume: bool = False
