@@ -1,68 +1,109 @@
 #!/usr/bin/env bash
-# The compression benchmark on DRIVE under the v2 protocol (method.md s.6; docs/benchmarks.md):
-# every method of method.md s.5 at parameter budgets 10 %, 1 %, 0.25 % and MAC budgets 20 %,
-# 5 % on the classic UNet, the two ablations at 1 %, the two controls, and MobileNetV3 at 50 %
-# and 25 % of its parameters.
+# The compression benchmark on DRIVE under the v2 protocol (method.md s.6; docs/benchmarks.md).
 #
-#   scripts/bench_compression.sh cpu DRIVE_ROOT [OUT] [SEEDS]   # UNet width 8, seeds 0,1,2
-#   scripts/bench_compression.sh gpu DRIVE_ROOT [OUT] [SEEDS]   # UNet width 64, seeds 0-4, joblib
+#   scripts/bench_compression.sh cpu DRIVE_ROOT [OUT] [SEEDS] [PARTS]   # UNet width 8, seeds 0,1,2
+#   scripts/bench_compression.sh gpu DRIVE_ROOT [OUT] [SEEDS] [PARTS]   # UNet width 32, seeds 0-4
 #
-# Equal training: a pruned run trains trainer.steps + schedule.finetune_steps in all, and so
-# does the dense reference (trained for the sum in one stage) and each control. Penalty methods
-# (jsp, slimming, group_lasso, depgraph, the ablations) reach every budget with the budget
-# controller (constraint.budget), so they need no lambda grid; methods without a constraint,
-# and jsp_v1, prune their dense network to the budget by their importance. No setting is
-# tuned here: the grid is each method's default, so the test split selects nothing
-# (jsp-report's selection table shows the one setting per method). Runs of methods without a
-# constraint share their dense network through dense_cache, and scratch prunes jsp's.
-# Split by seed (SEEDS=0, then 1, ...) and merge with `jsp-report OUT`.
-# EXTRA="trainer.steps=4 ..." appends overrides to every run (for a quick check of the script).
+# Protocol. Per seed, a dense network is trained once by the tier's dense-gate recipe (the
+# "start": 3000 steps) and every compared run starts from it (init_from): it trains
+# trainer.steps more under its method's constraint, is pruned to the budget and fine-tuned
+# schedule.finetune_steps. The dense reference trains trainer.steps + finetune_steps from the
+# same start, so every run has the same training in all (start + steps + fine-tune); the
+# uniform control, which cannot start from the dense weights, trains that whole total from
+# scratch. Penalty methods (jsp, slimming, group_lasso, depgraph, the ablations) reach each
+# budget through the budget controller (constraint.budget), so they need no lambda grid;
+# importance methods and jsp_v1 prune to the budget (schedule.keep_params / keep_macs) and
+# share their continued dense network through dense_cache. The grid is each method's default:
+# validation chooses nothing here, and the test split chooses nothing ever.
 #
-# Size, per seed: 56 UNet runs and 11 MobileNetV3 runs. On the 2-core development CPU a width-8
-# UNet run of 1200 steps takes about 3 minutes, so one seed is about 3.5 hours there: the CPU
-# tier is for one seed at a time in the background; the GPU tier is sized for all seeds.
+# PARTS (default: all of them, in this order of priority) runs a part for every seed before
+# the next part, so an interrupted benchmark has its most important comparisons on every seed:
+#   p01    dense reference; jsp, slimming, group_lasso, l1_norm, taylor at 1 % of the params
+#   p10    the same five at 10 %           m05  the same five at 5 % of the MACs
+#   more   depgraph, correlation, random, jsp_v1 at 1 % and 10 %; the ablations and uniform at 1 %
+#   p0025  the nine methods at 0.25 %      m20  the nine at 20 % of the MACs (and the four at 5 %)
+#   ctrl   uniform at 10 % and 0.25 %      mnv3 MobileNetV3: start, dense, five methods at 50 %, 25 %
+# A finished run (metrics.json with "final") is skipped, so the same command continues an
+# interrupted benchmark. EXTRA="trainer.steps=4 ..." appends overrides to every run (a quick
+# check of the script); START_STEPS overrides the start's length.
 #
-# Writes OUT/unet/<method>[_macs]/N/ and OUT/mnv3/N/ run dirs, then OUT/summary.{csv,md} and
-# OUT/pareto*.png (jsp-report).
+# Writes OUT/start/<model>/sN (the starts), OUT/<model>/<method>_<budget>/sN (the runs), then
+# OUT/summary.{csv,md} and OUT/pareto*.png (jsp-report over the compared runs, not the starts).
 set -euo pipefail
-usage="usage: bench_compression.sh cpu|gpu DRIVE_ROOT [OUT] [SEEDS]"
+usage="usage: bench_compression.sh cpu|gpu DRIVE_ROOT [OUT] [SEEDS] [PARTS]"
 tier=${1:?$usage}
 root=$(cd "${2:?$usage}" && pwd)
 out=${3:-outputs/bench_compression_$tier}
 case $tier in
-  cpu) width=8; seeds=${4:-0,1,2}; launch=(); steps=800; finetune=400 ;;
-  gpu) width=64; seeds=${4:-0,1,2,3,4}; launch=(hydra/launcher=joblib hydra.launcher.n_jobs=4)
-       steps=1500; finetune=750 ;;
+  cpu) width=8; seeds=${4:-0,1,2} ;;
+  gpu) width=32; seeds=${4:-0,1,2,3,4} ;;
   *) echo "$usage" >&2; exit 2 ;;
 esac
+parts=${5:-p01,p10,m05,more,p0025,m20,ctrl,mnv3}
+start_steps=${START_STEPS:-3000}
 read -r -a extra <<< "${EXTRA:-}"
-base=(experiment=bench_$tier dataset.root="$root" seed="$seeds" "${launch[@]}" "${extra[@]}")
-unet=(model=unet model.width=$width)
-cache=(dense_cache="$out/dense_cache")
-params=0.1,0.01,0.0025
-macs=0.2,0.05
-run() { jsp-train -m "${base[@]}" "$@"; }
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+# The compared runs' own lengths, from the tier's experiment config (for the dense reference).
+read -r steps finetune < <(jsp-train experiment=bench_$tier "${extra[@]}" --cfg job 2>/dev/null | python3 -c \
+  "import sys, yaml; c = yaml.safe_load(sys.stdin); print(c['trainer']['steps'], c['schedule']['finetune_steps'])")
 
-# The dense reference, trained as long as a pruned run in all.
-run "${unet[@]}" method=dense trainer.steps=$((steps + finetune)) hydra.sweep.dir="$out/unet/dense"
-# Penalty methods: the constraint zeroes the budget's worth of units by itself.
-for m in jsp slimming group_lasso depgraph; do
-  run "${unet[@]}" "${cache[@]}" method=$m constraint.budget=$params hydra.sweep.dir="$out/unet/$m"
-  run "${unet[@]}" "${cache[@]}" method=$m constraint.budget=$macs schedule.budget_on=macs \
-      hydra.sweep.dir="$out/unet/${m}_macs"
-done
-# Importance only (and v1), and the uniform control: the schedule's target is the budget.
-for m in l1_norm taylor correlation random jsp_v1 uniform; do
-  run "${unet[@]}" "${cache[@]}" method=$m schedule.keep_params=$params hydra.sweep.dir="$out/unet/$m"
-  run "${unet[@]}" "${cache[@]}" method=$m schedule.keep_macs=$macs hydra.sweep.dir="$out/unet/${m}_macs"
-done
-# The ablations at 1 %, and jsp's pruned architectures re-initialised (scratch control).
-run "${unet[@]}" method=gradient_count,redundancy constraint.budget=0.01 hydra.sweep.dir="$out/unet/ablations"
-run "${unet[@]}" "${cache[@]}" method=scratch constraint.budget=$params hydra.sweep.dir="$out/unet/scratch"
-# MobileNetV3: dense (equal training) and five methods at 50 % and 25 % of its parameters.
-run model=mobilenetv3 method=dense trainer.steps=$((steps + finetune)) hydra.sweep.dir="$out/mnv3/dense"
-run model=mobilenetv3 "${cache[@]}" method=jsp,slimming,group_lasso constraint.budget=0.5,0.25 \
-    hydra.sweep.dir="$out/mnv3/penalty"
-run model=mobilenetv3 "${cache[@]}" method=l1_norm,taylor schedule.keep_params=0.5,0.25 \
-    hydra.sweep.dir="$out/mnv3/importance"
-jsp-report "$out"
+one() {  # one DIR SEED OVERRIDES...: a single jsp-train run, skipped when DIR holds a finished one
+  local dir=$1 seed=$2; shift 2
+  if [ -f "$dir/metrics.json" ] && grep -q '"final"' "$dir/metrics.json"; then return 0; fi
+  echo "[bench $(date +%H:%M:%S)] $dir"
+  mkdir -p "$(dirname "$dir")"
+  jsp-train experiment=bench_$tier dataset.root="$root" seed="$seed" "$@" "${extra[@]}" hydra.run.dir="$dir" \
+    > "$dir.log" 2>&1 || { echo "[bench] FAILED: $dir (see $dir.log)"; return 0; }
+}
+
+model_args() {  # model_args KEY: the overrides of a model key
+  case $1 in unet) echo "model=unet model.width=$width" ;; mnv3) echo "model=mobilenetv3" ;; esac
+}
+
+compare() {  # compare MODEL SEED METHOD KIND FRACTION: one method at one budget, from the seed's start
+  local key=$1 seed=$2 m=$3 kind=$4 f=$5 target
+  read -r -a model <<< "$(model_args "$key")"
+  one "$out/start/$key/s$seed" "$seed" "${model[@]}" method=dense trainer.steps="$start_steps"
+  local from=(init_from="$out/start/$key/s$seed" dense_cache="$out/dense_cache")
+  local dir="$out/$key/${m}_${kind}${f}/s$seed"
+  case $m in
+    dense) one "$out/$key/dense/s$seed" "$seed" "${model[@]}" "${from[@]}" method=dense \
+             trainer.steps=$((steps + finetune)) ;;
+    uniform) one "$dir" "$seed" "${model[@]}" method=uniform schedule.keep_params="$f" \
+               trainer.steps=$((start_steps + steps)) ;;  # params budgets only
+    jsp|slimming|group_lasso|depgraph|gradient_count|redundancy)
+      one "$dir" "$seed" "${model[@]}" "${from[@]}" method="$m" constraint.budget="$f" schedule.budget_on="$kind" ;;
+    *) [ "$kind" = params ] && target=schedule.keep_params || target=schedule.keep_macs
+       one "$dir" "$seed" "${model[@]}" "${from[@]}" method="$m" "$target=$f" ;;
+  esac
+}
+
+part() {  # part NAME SEED
+  local s=$2 m f five=(jsp slimming group_lasso l1_norm taylor) four=(depgraph correlation random jsp_v1)
+  case $1 in
+    p01) compare unet "$s" dense params 1; for m in "${five[@]}"; do compare unet "$s" "$m" params 0.01; done ;;
+    p10) for m in "${five[@]}"; do compare unet "$s" "$m" params 0.1; done ;;
+    m05) for m in "${five[@]}"; do compare unet "$s" "$m" macs 0.05; done ;;
+    more) for f in 0.01 0.1; do for m in "${four[@]}"; do compare unet "$s" "$m" params $f; done; done
+          for m in gradient_count redundancy uniform; do compare unet "$s" "$m" params 0.01; done ;;
+    p0025) for m in "${five[@]}" "${four[@]}"; do compare unet "$s" "$m" params 0.0025; done ;;
+    m20) for m in "${five[@]}" "${four[@]}"; do compare unet "$s" "$m" macs 0.2; done
+         for m in "${four[@]}"; do compare unet "$s" "$m" macs 0.05; done ;;
+    ctrl) for f in 0.1 0.0025; do compare unet "$s" uniform params $f; done ;;
+    mnv3) compare mnv3 "$s" dense params 1
+          for f in 0.5 0.25; do for m in jsp slimming group_lasso l1_norm taylor; do
+            compare mnv3 "$s" "$m" params $f; done; done ;;
+    *) echo "bench_compression.sh: unknown part $1 (p01 p10 m05 more p0025 m20 ctrl mnv3)" >&2; exit 2 ;;
+  esac
+}
+
+IFS=, read -r -a seed_list <<< "$seeds"
+IFS=, read -r -a part_list <<< "$parts"
+if [ "$tier" = cpu ]; then  # one run at a time (2 cores): every seed of a part before the next part
+  for p in "${part_list[@]}"; do for s in "${seed_list[@]}"; do part "$p" "$s"; done; done
+else  # one GPU: the seeds run side by side, each through the parts in order
+  for s in "${seed_list[@]}"; do (for p in "${part_list[@]}"; do part "$p" "$s"; done) & done
+  wait
+fi
+jsp-report "$out/unet" "$out/mnv3" --out "$out"
