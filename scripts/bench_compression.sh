@@ -24,8 +24,9 @@
 #   p0025  the nine methods at 0.25 %      m20  the nine at 20 % of the MACs (and the four at 5 %)
 #   ctrl   uniform at 10 % and 0.25 %      mnv3 MobileNetV3: start, dense, five methods at 50 %, 25 %
 # A finished run (metrics.json with "final") is skipped, so the same command continues an
-# interrupted benchmark. EXTRA="trainer.steps=4 ..." appends overrides to every run (a quick
-# check of the script); START_STEPS overrides the start's length.
+# interrupted benchmark. EXTRA="trainer.steps=4 ..." adds overrides to every run (a quick
+# check of the script; a run's own lengths, such as the dense reference's, still win);
+# START_STEPS overrides the start's length.
 #
 # Writes OUT/start/<model>/sN (the starts), OUT/<model>/<method>_<budget>/sN (the runs), then
 # OUT/summary.{csv,md} and OUT/pareto*.png (jsp-report over the compared runs, not the starts).
@@ -53,7 +54,7 @@ one() {  # one DIR SEED OVERRIDES...: a single jsp-train run, skipped when DIR h
   if [ -f "$dir/metrics.json" ] && grep -q '"final"' "$dir/metrics.json"; then return 0; fi
   echo "[bench $(date +%H:%M:%S)] $dir"
   mkdir -p "$(dirname "$dir")"
-  jsp-train experiment=bench_$tier dataset.root="$root" seed="$seed" "$@" "${extra[@]}" hydra.run.dir="$dir" \
+  jsp-train experiment=bench_$tier dataset.root="$root" seed="$seed" "${extra[@]}" "$@" hydra.run.dir="$dir" \
     > "$dir.log" 2>&1 || { echo "[bench] FAILED: $dir (see $dir.log)"; return 0; }
 }
 

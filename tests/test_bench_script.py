@@ -1,0 +1,42 @@
+"""scripts/bench_compression.sh: one command per tier; every compared run starts from its
+seed's dense network and trains as long in all; a second call skips what is finished."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import REPO, write_drive
+
+TINY = ("trainer.steps=4 schedule.finetune_steps=2 trainer.val_every=2 trainer.log_every=2 trainer.latency_s=0 "
+        "trainer.warmup_steps=1 dataset.process.patch_size=32 model.depth=2 dataset.val_count=1")
+
+
+def _bench(root: Path, out: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "EXTRA": TINY, "START_STEPS": "3", "HYDRA_FULL_ERROR": "0",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return subprocess.run(["bash", str(REPO / "scripts" / "bench_compression.sh"), "cpu", str(root), str(out), "0",
+                           "p01"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_the_cpu_tier_script_runs_a_part_from_one_start_and_resumes(tmp_path):
+    root, out = write_drive(tmp_path / "DRIVE", n_train=3, n_test=2, size=(48, 48)), tmp_path / "bench"
+    done = _bench(root, out)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "FAILED" not in done.stdout, done.stdout
+    start = json.loads((out / "start" / "unet" / "s0" / "metrics.json").read_text())
+    assert start["final"]["global_step"] == 3
+    runs = {p.parent.parent.name: json.loads(p.read_text()) for p in (out / "unet").glob("*/s0/metrics.json")}
+    assert sorted(runs) == ["dense", "group_lasso_params0.01", "jsp_params0.01", "l1_norm_params0.01",
+                            "slimming_params0.01", "taylor_params0.01"]
+    starts = {m["final"]["provenance"]["init_from"]["sha256"] for m in runs.values()}
+    assert len(starts) == 1  # one start for every method of the seed
+    # Equal training after the start: the dense reference trains steps + fine-tune in one stage.
+    assert runs["dense"]["final"]["global_step"] == 4 + 2
+    assert all(m["finetuned"]["global_step"] == 4 + 2 for k, m in runs.items() if k != "dense")
+    assert all(m["pruned"]["params"] < 0.03 * m["dense"]["params"] for k, m in runs.items() if k != "dense")
+    summary = (out / "summary.md").read_text()
+    for method in ("| dense |", "| jsp |", "| slimming |", "| group_lasso |", "| l1_norm |", "| taylor |"):
+        assert method in summary, method
+    again = _bench(root, out)  # everything finished: nothing runs again, the report is rewritten
+    assert again.returncode == 0 and "[bench" not in again.stdout, again.stdout
