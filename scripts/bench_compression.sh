@@ -20,7 +20,9 @@
 # the next part, so an interrupted benchmark has its most important comparisons on every seed:
 #   p01    dense reference; jsp, slimming, group_lasso, l1_norm, taylor at 1 % of the params
 #   p10    the same five at 10 %           m05  the same five at 5 % of the MACs
-#   more   depgraph, correlation, random, jsp_v1 at 1 % and 10 %; the ablations and uniform at 1 %
+#   p01x   depgraph, jsp_v1 and the two ablations (gradient_count, redundancy) at 1 %
+#   p01y   correlation, random and the uniform control at 1 %
+#   p10x   depgraph, correlation, random, jsp_v1 at 10 %
 #   p0025  the nine methods at 0.25 %      m20  the nine at 20 % of the MACs (and the four at 5 %)
 #   ctrl   uniform at 10 % and 0.25 %      mnv3 MobileNetV3: start, dense, five methods at 50 %, 25 %
 # A finished run (metrics.json with "final") is skipped, so the same command continues an
@@ -40,7 +42,7 @@ case $tier in
   gpu) width=32; seeds=${4:-0,1,2,3,4} ;;
   *) echo "$usage" >&2; exit 2 ;;
 esac
-parts=${5:-p01,p10,m05,more,p0025,m20,ctrl,mnv3}
+parts=${5:-p01,p10,m05,p01x,p01y,p10x,p0025,m20,ctrl,mnv3}
 start_steps=${START_STEPS:-3000}
 read -r -a extra <<< "${EXTRA:-}"
 mkdir -p "$out"
@@ -86,8 +88,9 @@ part() {  # part NAME SEED
     p01) compare unet "$s" dense params 1; for m in "${five[@]}"; do compare unet "$s" "$m" params 0.01; done ;;
     p10) for m in "${five[@]}"; do compare unet "$s" "$m" params 0.1; done ;;
     m05) for m in "${five[@]}"; do compare unet "$s" "$m" macs 0.05; done ;;
-    more) for f in 0.01 0.1; do for m in "${four[@]}"; do compare unet "$s" "$m" params $f; done; done
-          for m in gradient_count redundancy uniform; do compare unet "$s" "$m" params 0.01; done ;;
+    p01x) for m in depgraph jsp_v1 gradient_count redundancy; do compare unet "$s" "$m" params 0.01; done ;;
+    p01y) for m in correlation random uniform; do compare unet "$s" "$m" params 0.01; done ;;
+    p10x) for m in "${four[@]}"; do compare unet "$s" "$m" params 0.1; done ;;
     p0025) for m in "${five[@]}" "${four[@]}"; do compare unet "$s" "$m" params 0.0025; done ;;
     m20) for m in "${five[@]}" "${four[@]}"; do compare unet "$s" "$m" macs 0.2; done
          for m in "${four[@]}"; do compare unet "$s" "$m" macs 0.05; done ;;
@@ -95,7 +98,7 @@ part() {  # part NAME SEED
     mnv3) compare mnv3 "$s" dense params 1
           for f in 0.5 0.25; do for m in jsp slimming group_lasso l1_norm taylor; do
             compare mnv3 "$s" "$m" params $f; done; done ;;
-    *) echo "bench_compression.sh: unknown part $1 (p01 p10 m05 more p0025 m20 ctrl mnv3)" >&2; exit 2 ;;
+    *) echo "bench_compression.sh: unknown part $1 (p01 p10 m05 p01x p01y p10x p0025 m20 ctrl mnv3)" >&2; exit 2 ;;
   esac
 }
 
