@@ -2,7 +2,8 @@
 
     summary.csv   one row per run: method, lambdas, setting, keep, seed, cost, validation
                   and test quality
-    summary.md    which method wins at each budget (mean over seeds, the leader's paired 95 %
+    summary.md    a headline (per budget: the leader, whether its lead is clear, where jsp
+                  stands), which method wins at each budget (mean over seeds, the leader's paired 95 %
                   interval against the runner-up, collapsed runs), the settings chosen on
                   validation where a method ran several, then mean +- std per setting, then
                   every run
@@ -182,6 +183,32 @@ def _verdict(entries: list[dict]) -> str:
             f"{', '.join(tied)})" + by_image)
 
 
+def headline_lines(budgets: list[dict], focus: str = "jsp") -> list[str]:
+    """One row per budget with pruned methods: the leader, whether its lead over the runner-up is
+    clear by the paired interval over seeds, and ``focus`` against the best other method."""
+    lines = ["# Headline", "", "Per budget: the leader by mean test mIoU; its paired difference to the runner-up "
+             "(a win only where the 95 % interval over seeds excludes zero); and " + focus + " against the best "
+             "other method, paired the same way.", "",
+             f"| budget | leader | mIoU | runner-up | leader - runner-up | verdict | {focus} - best other |", "|" + "---|" * 7]
+    for b in budgets:
+        ranked = [e for e in b["ranked"] if e["method"] != "dense"]
+        if len(ranked) < 2:
+            continue
+        best, second = ranked[:2]
+        diff = paired(best["by_seed"], second["by_seed"])
+        verdict = ("one seed: no interval" if diff.n < 2 else "clear win" if diff.clear and diff.mean > 0
+                   else "no clear winner")
+        mine = next((e for e in ranked if e["method"] == focus), None)
+        other = next((e for e in ranked if e is not mine), None)
+        vs = "-"
+        if mine is not None:
+            d = paired(mine["by_seed"], other["by_seed"])
+            vs = f"{d} vs {other['method']}" + (": clear" if d.clear else "")
+        lines.append(f"| {b['model']} / {b['keep']} | {best['method']} | {_pm(best['miou'], best['miou_std'], best['seeds'])} "
+                     f"| {second['method']} | {diff} | {verdict} | {vs} |")
+    return lines + [""]
+
+
 def _pm(mean: float, std: float, seeds: int, digits: int = 4) -> str:
     if math.isnan(mean):
         return "-"
@@ -204,7 +231,9 @@ def write_tables(rows: list[dict], out: Path, every_run: list[dict] | None = Non
              "mean per-seed paired difference to the leader with its 95 % t-interval; a method wins only "
              "where that interval excludes zero. `collapsed` counts runs that predict (almost) only "
              f"background (foreground F1 < {COLLAPSED_F1}); they are in the means, so look at them.", ""]
-    for b in rank_budgets(rows):
+    budgets = rank_budgets(rows)
+    lines += headline_lines(budgets)
+    for b in budgets:
         lines += [f"## {b['dataset']} / {b['model']} / keep {b['keep']}", "", f"**{b['verdict']}**", "",
                   "| # | method | lambdas | seeds | collapsed | params | GMACs | MB | latency ms | mIoU | F1 | AUC "
                   "| mIoU before FT | zeroed | vs dense | vs leader (paired) |",

@@ -10,7 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from jsp.cli import CONF_DIR
-from jsp.report import main as report_main, rank_budgets
+from jsp.report import headline_lines, main as report_main, rank_budgets
 from tests.conftest import TINY, run_cli
 
 METHODS = {  # method.md s.5: constraint during training, importance at pruning
@@ -102,6 +102,24 @@ def test_ranking_names_the_winner_per_budget_and_judges_the_gap_by_a_paired_inte
     assert "no clear winner" in noisy and noisy.endswith("(not distinguishable from the leader: jsp, slimming)")
     mnv3 = budgets[("mobilenetv3", "0.5")]
     assert "no interval" in mnv3["verdict"] and abs(mnv3["ranked"][0]["vs_dense"] - 0.01) < 1e-9
+
+
+def test_headline_names_each_budgets_leader_and_where_jsp_stands():
+    rows = [_row("dense", 1.0, s, 0.80) for s in range(3)]
+    rows += [_row("jsp", 0.01, s, m) for s, m in enumerate((0.805, 0.806, 0.807))]  # clear lead
+    rows += [_row("l1_norm", 0.01, s, m) for s, m in enumerate((0.780, 0.781, 0.782))]
+    rows += [_row("slimming", 0.1, s, m) for s, m in enumerate((0.830, 0.831, 0.832))]  # jsp clearly behind
+    rows += [_row("jsp", 0.1, s, m) for s, m in enumerate((0.800, 0.802, 0.801))]
+    rows += [_row("taylor", 0.1, s, m) for s, m in enumerate((0.790, 0.820, 0.800))]
+    table = [line for line in headline_lines(rank_budgets(rows)) if line.startswith("| unet")]
+    assert len(table) == 2  # the dense budget has nothing to rank
+    tenth, hundredth = table  # budgets in the report's order: 0.1, then 0.01
+    assert "| jsp | 0.8060 +- 0.0010 | l1_norm | +0.0250 [95% CI +0.0250, +0.0250]" in hundredth
+    assert "| clear win |" in hundredth and hundredth.endswith("vs l1_norm: clear |")
+    # slimming leads taylor (a noisy runner-up: 0.040, 0.011, 0.032) without a clear win, but
+    # jsp (third) is clearly behind slimming
+    assert "| slimming | 0.8310 +- 0.0010 | taylor |" in tenth and "| no clear winner |" in tenth
+    assert "-0.0300 [95% CI -0.0325, -0.0275] over 3 paired seeds vs slimming: clear |" in tenth
 
 
 def test_paired_interval_equals_scipys_ttest_rel():
