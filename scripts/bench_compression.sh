@@ -21,10 +21,11 @@
 #   p01    dense reference; jsp, slimming, group_lasso, l1_norm, taylor at 1 % of the params
 #   p10    the same five at 10 %           m05  the same five at 5 % of the MACs
 #   p01x   depgraph, jsp_v1 and the two ablations (gradient_count, redundancy) at 1 %
-#   p01y   correlation, random and the uniform control at 1 %
+#   p01y   correlation and random at 1 %
 #   p10x   depgraph, correlation, random, jsp_v1 at 10 %
 #   p0025  the nine methods at 0.25 %      m20  the nine at 20 % of the MACs (and the four at 5 %)
-#   ctrl   uniform at 10 % and 0.25 %      mnv3 MobileNetV3: start, dense, five methods at 50 %, 25 %
+#   ctrl   the uniform control at 1 %, 10 %, 0.25 % (from scratch: the dearest part)
+#   mnv3   MobileNetV3: start, dense, five methods at 50 %, 25 %
 # A finished run (metrics.json with "final") is skipped, so the same command continues an
 # interrupted benchmark. EXTRA="trainer.steps=4 ..." adds overrides to every run (a quick
 # check of the script; a run's own lengths, such as the dense reference's, still win);
@@ -89,12 +90,12 @@ part() {  # part NAME SEED
     p10) for m in "${five[@]}"; do compare unet "$s" "$m" params 0.1; done ;;
     m05) for m in "${five[@]}"; do compare unet "$s" "$m" macs 0.05; done ;;
     p01x) for m in depgraph jsp_v1 gradient_count redundancy; do compare unet "$s" "$m" params 0.01; done ;;
-    p01y) for m in correlation random uniform; do compare unet "$s" "$m" params 0.01; done ;;
+    p01y) for m in correlation random; do compare unet "$s" "$m" params 0.01; done ;;
     p10x) for m in "${four[@]}"; do compare unet "$s" "$m" params 0.1; done ;;
     p0025) for m in "${five[@]}" "${four[@]}"; do compare unet "$s" "$m" params 0.0025; done ;;
     m20) for m in "${five[@]}" "${four[@]}"; do compare unet "$s" "$m" macs 0.2; done
          for m in "${four[@]}"; do compare unet "$s" "$m" macs 0.05; done ;;
-    ctrl) for f in 0.1 0.0025; do compare unet "$s" uniform params $f; done ;;
+    ctrl) for f in 0.01 0.1 0.0025; do compare unet "$s" uniform params $f; done ;;
     mnv3) compare mnv3 "$s" dense params 1
           for f in 0.5 0.25; do for m in jsp slimming group_lasso l1_norm taylor; do
             compare mnv3 "$s" "$m" params $f; done; done ;;
