@@ -51,6 +51,7 @@ class ScheduleConfig:
     finetune_steps: int = 300
     finetune_lr_scale: float = 1.0
     constraint_scale: float = 0.0
+    control_steps: Optional[int] = None
     seed: int = 0
 
 

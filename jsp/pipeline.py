@@ -35,8 +35,8 @@ from jsp.models.saved import load_model, save_model
 from jsp.models.warm_start import warm_start
 from jsp.provenance import hydra_overrides, provenance
 from jsp.registry import describe
-from jsp.run_config import build, build_dataset, check_arguments, check_control, check_trainer, choices, \
-    config_hparams, effective_budget
+from jsp.run_config import build, build_dataset, check_arguments, check_control, check_init_control, check_trainer, \
+    choices, config_hparams, effective_budget
 from jsp.state import RunState
 
 log = logging.getLogger("jsp")
@@ -89,8 +89,7 @@ def _settings(state: RunState, cfg: DictConfig) -> None:
     state.control = cfg.get("control") or "none"
     state.budget = state.constraint.budget = effective_budget(state.constraint.budget, state.schedule, state.control)
     check_control(state.control, state.budget, state.schedule)
-    if cfg.get("init_from") and state.control != "none":
-        raise ConfigError(f"init_from and control={state.control} contradict each other: a control trains from scratch")
+    check_init_control(cfg.get("init_from"), state.control, state.schedule.control_steps)
     state.constraint.min_units = state.schedule.min_channels
     state.provenance = provenance(hydra_overrides())
 

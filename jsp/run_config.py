@@ -100,6 +100,21 @@ def check_control(control: str, budget, schedule) -> None:
         raise ConfigError("control=scratch needs schedule=oneshot")
 
 
+def check_init_control(init_from, control: str, control_steps) -> None:
+    """The uniform control has no use for a start (it shrinks the dense architecture itself);
+    the scratch control may take its architecture from a method run that starts from one, but
+    then its own training must count that start's steps too, which only the user knows."""
+    if not init_from or control == "none":
+        return
+    if control == "uniform":
+        raise ConfigError("init_from and control=uniform contradict each other: the uniform control trains from "
+                          "scratch")
+    if control_steps is None:
+        raise ConfigError("control=scratch with init_from: set schedule.control_steps to the start's training steps "
+                          "+ trainer.steps + schedule.finetune_steps, so the scratch network trains as long as the "
+                          "runs it is compared with")
+
+
 def choices(cfg: DictConfig) -> dict:
     """Which option of each config group this run used (from Hydra, when run through it).
     Without a method preset, ``method`` names the constraint + importance pair (or dense)."""

@@ -9,8 +9,8 @@
 # trainer.steps more under its method's constraint, is pruned to the budget and fine-tuned
 # schedule.finetune_steps. The dense reference trains trainer.steps + finetune_steps from the
 # same start, so every run has the same training in all (start + steps + fine-tune); the
-# uniform control, which cannot start from the dense weights, trains that whole total from
-# scratch. Penalty methods (jsp, slimming, group_lasso, depgraph, the ablations) reach each
+# controls, which cannot start from the dense weights, train that whole total from scratch
+# (schedule.control_steps). Penalty methods (jsp, slimming, group_lasso, depgraph, the ablations) reach each
 # budget through the budget controller (constraint.budget), so they need no lambda grid;
 # importance methods and jsp_v1 prune to the budget (schedule.keep_params / keep_macs) and
 # share their continued dense network through dense_cache. The grid is each method's default:
@@ -24,7 +24,8 @@
 #   p01y   correlation and random at 1 %
 #   p10x   depgraph, correlation, random, jsp_v1 at 10 %
 #   p0025  the nine methods at 0.25 %      m20  the nine at 20 % of the MACs (and the four at 5 %)
-#   ctrl   the uniform control at 1 %, 10 %, 0.25 % (from scratch: the dearest part)
+#   ctrl   the controls at 1 %, 10 %, 0.25 %: uniform, and scratch (jsp's pruned architecture
+#          re-initialised), both trained from scratch as long as start + run (the dearest part)
 #   mnv3   MobileNetV3: start, dense, five methods at 50 %, 25 %
 # A finished run (metrics.json with "final") is skipped, so the same command continues an
 # interrupted benchmark. EXTRA="trainer.steps=4 ..." adds overrides to every run (a quick
@@ -66,7 +67,7 @@ model_args() {  # model_args KEY: the overrides of a model key
 }
 
 compare() {  # compare MODEL SEED METHOD KIND FRACTION: one method at one budget, from the seed's start
-  local key=$1 seed=$2 m=$3 kind=$4 f=$5 target
+  local key=$1 seed=$2 m=$3 kind=$4 f=$5 target total=$((start_steps + steps + finetune))
   read -r -a model <<< "$(model_args "$key")"
   one "$out/start/$key/s$seed" "$seed" "${model[@]}" method=dense trainer.steps="$start_steps"
   local from=(init_from="$out/start/$key/s$seed" dense_cache="$out/dense_cache")
@@ -75,7 +76,9 @@ compare() {  # compare MODEL SEED METHOD KIND FRACTION: one method at one budget
     dense) one "$out/$key/dense/s$seed" "$seed" "${model[@]}" "${from[@]}" method=dense \
              trainer.steps=$((steps + finetune)) ;;
     uniform) one "$dir" "$seed" "${model[@]}" method=uniform schedule.keep_params="$f" \
-               trainer.steps=$((start_steps + steps)) ;;  # params budgets only
+               schedule.control_steps="$total" ;;  # params budgets only
+    scratch) one "$dir" "$seed" "${model[@]}" "${from[@]}" method=jsp control=scratch constraint.budget="$f" \
+               schedule.budget_on="$kind" schedule.control_steps="$total" ;;  # jsp's architecture, new weights
     jsp|slimming|group_lasso|depgraph|gradient_count|redundancy)
       one "$dir" "$seed" "${model[@]}" "${from[@]}" method="$m" constraint.budget="$f" schedule.budget_on="$kind" ;;
     *) [ "$kind" = params ] && target=schedule.keep_params || target=schedule.keep_macs
@@ -95,7 +98,7 @@ part() {  # part NAME SEED
     p0025) for m in "${five[@]}" "${four[@]}"; do compare unet "$s" "$m" params 0.0025; done ;;
     m20) for m in "${five[@]}" "${four[@]}"; do compare unet "$s" "$m" macs 0.2; done
          for m in "${four[@]}"; do compare unet "$s" "$m" macs 0.05; done ;;
-    ctrl) for f in 0.01 0.1 0.0025; do compare unet "$s" uniform params $f; done ;;
+    ctrl) for f in 0.01 0.1 0.0025; do compare unet "$s" uniform params $f; compare unet "$s" scratch params $f; done ;;
     mnv3) compare mnv3 "$s" dense params 1
           for f in 0.5 0.25; do for m in jsp slimming group_lasso l1_norm taylor; do
             compare mnv3 "$s" "$m" params $f; done; done ;;

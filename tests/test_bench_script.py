@@ -12,11 +12,11 @@ TINY = ("trainer.steps=4 schedule.finetune_steps=2 trainer.val_every=2 trainer.l
         "trainer.warmup_steps=1 dataset.process.patch_size=32 model.depth=2 dataset.val_count=1")
 
 
-def _bench(root: Path, out: Path) -> subprocess.CompletedProcess:
+def _bench(root: Path, out: Path, parts: str = "p01") -> subprocess.CompletedProcess:
     env = {**os.environ, "EXTRA": TINY, "START_STEPS": "3", "HYDRA_FULL_ERROR": "0",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     return subprocess.run(["bash", str(REPO / "scripts" / "bench_compression.sh"), "cpu", str(root), str(out), "0",
-                           "p01"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+                           parts], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
 
 
 def test_the_cpu_tier_script_runs_a_part_from_one_start_and_resumes(tmp_path):
@@ -40,3 +40,19 @@ def test_the_cpu_tier_script_runs_a_part_from_one_start_and_resumes(tmp_path):
         assert method in summary, method
     again = _bench(root, out)  # everything finished: nothing runs again, the report is rewritten
     assert again.returncode == 0 and "[bench" not in again.stdout, again.stdout
+
+
+def test_the_controls_train_from_scratch_as_long_as_start_and_run_together(tmp_path):
+    root, out = write_drive(tmp_path / "DRIVE", n_train=3, n_test=2, size=(48, 48)), tmp_path / "bench"
+    done = _bench(root, out, "ctrl")
+    assert done.returncode == 0 and "FAILED" not in done.stdout, done.stdout + done.stderr
+    runs = {p.parent.parent.name: json.loads(p.read_text()) for p in (out / "unet").glob("*/s0/metrics.json")}
+    assert sorted(runs) == sorted(f"{c}_params{f}" for c in ("uniform", "scratch") for f in ("0.01", "0.1", "0.0025"))
+    total = 3 + 4 + 2  # the start, the constrained phase and the fine-tuning of a compared run
+    for name, m in runs.items():
+        stage = m["uniform"] if name.startswith("uniform") else m["scratch"]
+        trained = stage["global_step"] - (m["pruned"]["global_step"] if "pruned" in m else 0)
+        assert trained == total, (name, trained)
+    scratch = runs["scratch_params0.1"]
+    assert scratch["scratch"]["params"] == scratch["pruned"]["params"] <= 0.1 * scratch["dense"]["params"]
+    assert scratch["final"]["provenance"]["init_from"]["sha256"]  # jsp's phase started from the seed's start

@@ -80,3 +80,27 @@ def test_controls_refuse_what_they_cannot_do(tmp_path):
         _run(tmp_path, "method=uniform", "schedule.keep_params=null")
     with pytest.raises(ConfigError, match="control must be"):
         _run(tmp_path, "control=magic")
+
+
+def test_scratch_from_a_start_needs_and_trains_control_steps(tmp_path):
+    """With init_from, the method's constraint phase starts from the trained network, and the
+    scratch network must train as long as the start + the compared run did (control_steps)."""
+    from jsp.errors import ConfigError
+
+    start = tmp_path / "start"
+    _run(start, "method=dense")
+    with pytest.raises(ConfigError, match="schedule.control_steps"):
+        _run(tmp_path / "a", "method=l1_norm", "control=scratch", "schedule.keep_params=0.3", f"init_from={start}")
+    with pytest.raises(ConfigError, match="control=uniform"):
+        _run(tmp_path / "u", "method=uniform", "schedule.keep_params=0.3", f"init_from={start}",
+             "schedule.control_steps=7")
+    metrics = _run(tmp_path / "b", "method=l1_norm", "control=scratch", "schedule.keep_params=0.3",
+                   f"init_from={start}", "schedule.control_steps=7")
+    assert list(metrics) == ["dense", "pruned", "scratch", "final"]
+    assert metrics["scratch"]["global_step"] - metrics["pruned"]["global_step"] == 7  # not 6 + 4
+    assert metrics["final"]["provenance"]["init_from"]["path"] == str(start)
+
+
+def test_control_steps_sets_the_uniform_controls_training_too(tmp_path):
+    metrics = _run(tmp_path, "method=uniform", "schedule.keep_params=0.3", "schedule.control_steps=5")
+    assert metrics["uniform"]["global_step"] == 5

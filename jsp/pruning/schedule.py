@@ -62,6 +62,9 @@ class Schedule:
         finetune_steps: training steps after each pruning (0 = no fine-tuning).
         finetune_lr_scale: fine-tuning peak lr = trainer.lr * this.
         constraint_scale: the constraint's weight during fine-tuning, relative to training.
+        control_steps: how long the controls (uniform, scratch) train from scratch; None is
+            train + fine-tune steps (equal training). A run that starts from a trained network
+            (init_from) sets it to include that network's training.
         seed: for the ``random`` importance.
     """
 
@@ -69,7 +72,7 @@ class Schedule:
                  keep_macs: float | None = None, min_channels: int = 2, round_to: int = 1,
                  finetune_steps: int = 300, finetune_lr_scale: float = 1.0, constraint_scale: float = 0.0,
                  seed: int = 0, min_keep: float = 0.0, normalize: str = "max", cost_aware: str | None = None,
-                 budget_on: str = "params"):
+                 budget_on: str = "params", control_steps: int | None = None):
         if rounds < 0:
             raise ConfigError(f"schedule.rounds must be >= 0, got {rounds}")
         check_importance(importance)
@@ -87,6 +90,8 @@ class Schedule:
         for name, v in (("keep_params", keep_params), ("keep_macs", keep_macs)):
             if v is not None and not 0 < v <= 1:
                 raise ConfigError(f"schedule.{name} must be in (0, 1], got {v}")
+        if control_steps is not None and control_steps < 1:
+            raise ConfigError(f"schedule.control_steps must be >= 1 or null, got {control_steps}")
         if min_channels < 1 or round_to < 1 or finetune_steps < 0 or constraint_scale < 0:
             raise ConfigError("schedule.min_channels and round_to must be >= 1, finetune_steps and "
                               "constraint_scale >= 0")
@@ -96,6 +101,7 @@ class Schedule:
         self.finetune_steps, self.finetune_lr_scale = finetune_steps, finetune_lr_scale
         self.constraint_scale, self.seed = constraint_scale, seed
         self.min_keep, self.normalize, self.cost_aware, self.budget_on = min_keep, normalize, cost_aware, budget_on
+        self.control_steps = control_steps
 
     @property
     def mode(self) -> str:
@@ -120,10 +126,11 @@ class Schedule:
 
         budget: the constraint's budget, a one-shot target by itself. control="uniform": one
         stage, the dense architecture shrunk by one width factor to the budget and trained from
-        scratch for train + fine-tune steps (equal training); "scratch": the pruned
-        architecture re-initialised and trained from scratch for as long, instead of fine-tuned.
+        scratch for train + fine-tune steps (equal training; ``control_steps`` if set); "scratch":
+        the pruned architecture re-initialised and trained from scratch for as long, instead of
+        fine-tuned.
         """
-        total = train_steps + self.finetune_steps
+        total = self.control_steps or train_steps + self.finetune_steps
         if control == "uniform":
             return [Stage("uniform", "train", "uniform", total, target=self.targets()[0][0], reset="uniform",
                           main=True)]
