@@ -28,7 +28,9 @@
 #          re-initialised), both trained from scratch as long as start + run (the dearest part)
 #   mnv3   MobileNetV3: start, dense, five methods at 50 %, 25 %
 # A finished run (metrics.json with "final") is skipped, so the same command continues an
-# interrupted benchmark. EXTRA="trainer.steps=4 ..." adds overrides to every run (a quick
+# interrupted benchmark; a run that another call is running is skipped too (a lock per run),
+# so two calls on one OUT can share the work, e.g. SEEDS 0,1,2 and 2,1,0 on 2 cores with
+# OMP_NUM_THREADS=1 each (about 10 % more runs per hour here; latencies are then not comparable). EXTRA="trainer.steps=4 ..." adds overrides to every run (a quick
 # check of the script; a run's own lengths, such as the dense reference's, still win);
 # START_STEPS overrides the start's length.
 #
@@ -53,13 +55,23 @@ out=$(cd "$out" && pwd)
 read -r steps finetune < <(jsp-train experiment=bench_$tier "${extra[@]}" --cfg job 2>/dev/null | python3 -c \
   "import sys, yaml; c = yaml.safe_load(sys.stdin); print(c['trainer']['steps'], c['schedule']['finetune_steps'])")
 
+finished() { [ -f "$1/metrics.json" ] && grep -q '"final"' "$1/metrics.json"; }
+
 one() {  # one DIR SEED OVERRIDES...: a single jsp-train run, skipped when DIR holds a finished one
-  local dir=$1 seed=$2; shift 2
-  if [ -f "$dir/metrics.json" ] && grep -q '"final"' "$dir/metrics.json"; then return 0; fi
-  echo "[bench $(date +%H:%M:%S)] $dir"
+  local dir=$1 seed=$2 lock; shift 2
+  if finished "$dir"; then return 0; fi
   mkdir -p "$(dirname "$dir")"
+  # A run another call of this script is running (same OUT, e.g. seeds split over two streams)
+  # is skipped: flock on DIR.lock, released when that run's process ends, even if killed.
+  if command -v flock > /dev/null; then
+    exec {lock}> "$dir.lock"
+    if ! flock -n "$lock"; then echo "[bench] busy in another call: $dir"; exec {lock}>&-; return 0; fi
+    if finished "$dir"; then exec {lock}>&-; return 0; fi
+  fi
+  echo "[bench $(date +%H:%M:%S)] $dir"
   jsp-train experiment=bench_$tier dataset.root="$root" seed="$seed" "${extra[@]}" "$@" hydra.run.dir="$dir" \
-    > "$dir.log" 2>&1 || { echo "[bench] FAILED: $dir (see $dir.log)"; return 0; }
+    > "$dir.log" 2>&1 || echo "[bench] FAILED: $dir (see $dir.log)"
+  [ -z "${lock:-}" ] || exec {lock}>&-
 }
 
 model_args() {  # model_args KEY: the overrides of a model key

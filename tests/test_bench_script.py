@@ -1,5 +1,6 @@
 """scripts/bench_compression.sh: one command per tier; every compared run starts from its
 seed's dense network and trains as long in all; a second call skips what is finished."""
+import fcntl
 import json
 import os
 import subprocess
@@ -21,8 +22,16 @@ def _bench(root: Path, out: Path, parts: str = "p01") -> subprocess.CompletedPro
 
 def test_the_cpu_tier_script_runs_a_part_from_one_start_and_resumes(tmp_path):
     root, out = write_drive(tmp_path / "DRIVE", n_train=3, n_test=2, size=(48, 48)), tmp_path / "bench"
-    done = _bench(root, out)
+    busy = out / "unet" / "taylor_params0.01" / "s0.lock"  # as if another call were running that run
+    busy.parent.mkdir(parents=True)
+    with open(busy, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        done = _bench(root, out)
     assert done.returncode == 0, done.stdout + done.stderr
+    assert f"busy in another call: {busy.with_suffix('')}" in done.stdout
+    assert not (busy.parent / "s0").exists()
+    done = _bench(root, out)  # the lock released: only that run is left to do
+    assert done.stdout.count("[bench ") == 1 and "taylor_params0.01/s0" in done.stdout, done.stdout
     assert "FAILED" not in done.stdout, done.stdout
     start = json.loads((out / "start" / "unet" / "s0" / "metrics.json").read_text())
     assert start["final"]["global_step"] == 3
