@@ -10,11 +10,12 @@
 # schedule.finetune_steps. The dense reference trains trainer.steps + finetune_steps from the
 # same start, so every run has the same training in all (start + steps + fine-tune); the
 # controls, which cannot start from the dense weights, train that whole total from scratch
-# (schedule.control_steps). Penalty methods (jsp, slimming, group_lasso, depgraph, the ablations) reach each
-# budget through the budget controller (constraint.budget), so they need no lambda grid;
-# importance methods and jsp_v1 prune to the budget (schedule.keep_params / keep_macs) and
-# share their continued dense network through dense_cache. The grid is each method's default:
-# validation chooses nothing here, and the test split chooses nothing ever.
+# (schedule.control_steps). Penalty methods (jsp, slimming, group_lasso, depgraph, the
+# ablations) reach each budget through the budget controller (constraint.budget), so they
+# need no lambda grid; importance methods and jsp_v1 prune to the budget
+# (schedule.keep_params / keep_macs) and share their continued dense network through
+# dense_cache. The grid is each method's default: validation chooses nothing here, and the
+# test split chooses nothing ever.
 #
 # PARTS (default: all of them, in this order of priority) runs a part for every seed before
 # the next part, so an interrupted benchmark has its most important comparisons on every seed:
@@ -30,9 +31,10 @@
 # A finished run (metrics.json with "final") is skipped, so the same command continues an
 # interrupted benchmark; a run that another call is running is skipped too (a lock per run),
 # so two calls on one OUT can share the work, e.g. SEEDS 0,1,2 and 2,1,0 on 2 cores with
-# OMP_NUM_THREADS=1 each (about 10 % more runs per hour here; latencies are then not comparable). EXTRA="trainer.steps=4 ..." adds overrides to every run (a quick
-# check of the script; a run's own lengths, such as the dense reference's, still win);
-# START_STEPS overrides the start's length.
+# OMP_NUM_THREADS=1 each (about 10 % more runs per hour here; latencies are then not
+# comparable). EXTRA="trainer.steps=4 ..." adds overrides to every run (a quick check of the
+# script; a run's own lengths, such as the dense reference's, still win); START_STEPS
+# overrides the start's length.
 #
 # Writes OUT/start/<model>/sN (the starts), OUT/<model>/<method>_<budget>/sN (the runs), then
 # OUT/summary.{csv,md} and OUT/pareto*.png (jsp-report over the compared runs, not the starts).
