@@ -27,7 +27,10 @@
 #   p0025  the nine methods at 0.25 %      m20  the nine at 20 % of the MACs (and the four at 5 %)
 #   ctrl   the controls at 1 %, 10 %, 0.25 %: uniform, and scratch (jsp's pruned architecture
 #          re-initialised), both trained from scratch as long as start + run (the dearest part)
-#   mnv3   MobileNetV3: start, dense, five methods at 50 %, 25 %
+#   mnv3   MobileNetV3's dense gate: its start and dense reference per seed (the CPU tier uses
+#          MobileNetV3-Small, 1.96 M parameters: a Large step costs 2.5 Small steps here; the
+#          GPU tier uses MobileNetV3-Large)
+#   mnv3p  MobileNetV3: jsp, slimming, group_lasso, l1_norm, taylor at 50 % and 25 % of the params
 # A finished run (metrics.json with "final") is skipped, so the same command continues an
 # interrupted benchmark; a run that another call is running is skipped too (a lock per run),
 # so two calls on one OUT can share the work, e.g. SEEDS 0,1,2 and 2,1,0 on 2 cores with
@@ -48,7 +51,7 @@ case $tier in
   gpu) width=32; seeds=${4:-0,1,2,3,4} ;;
   *) echo "$usage" >&2; exit 2 ;;
 esac
-parts=${5:-p01,p10,m05,p01x,p01y,p10x,p0025,m20,ctrl,mnv3}
+parts=${5:-p01,p10,m05,p01x,p01y,p10x,p0025,m20,ctrl,mnv3,mnv3p}
 start_steps=${START_STEPS:-3000}
 read -r -a extra <<< "${EXTRA:-}"
 mkdir -p "$out"
@@ -77,7 +80,10 @@ one() {  # one DIR SEED OVERRIDES...: a single jsp-train run, skipped when DIR h
 }
 
 model_args() {  # model_args KEY: the overrides of a model key
-  case $1 in unet) echo "model=unet model.width=$width" ;; mnv3) echo "model=mobilenetv3" ;; esac
+  case $1 in
+    unet) echo "model=unet model.width=$width" ;;
+    mnv3) [ "$tier" = cpu ] && echo "model=mobilenetv3_small" || echo "model=mobilenetv3" ;;
+  esac
 }
 
 compare() {  # compare MODEL SEED METHOD KIND FRACTION: one method at one budget, from the seed's start
@@ -113,10 +119,10 @@ part() {  # part NAME SEED
     m20) for m in "${five[@]}" "${four[@]}"; do compare unet "$s" "$m" macs 0.2; done
          for m in "${four[@]}"; do compare unet "$s" "$m" macs 0.05; done ;;
     ctrl) for f in 0.01 0.1 0.0025; do compare unet "$s" uniform params $f; compare unet "$s" scratch params $f; done ;;
-    mnv3) compare mnv3 "$s" dense params 1
-          for f in 0.5 0.25; do for m in jsp slimming group_lasso l1_norm taylor; do
-            compare mnv3 "$s" "$m" params $f; done; done ;;
-    *) echo "bench_compression.sh: unknown part $1 (p01 p10 m05 p01x p01y p10x p0025 m20 ctrl mnv3)" >&2; exit 2 ;;
+    mnv3) compare mnv3 "$s" dense params 1 ;;
+    mnv3p) for f in 0.5 0.25; do for m in "${five[@]}"; do compare mnv3 "$s" "$m" params $f; done; done ;;
+    *) echo "bench_compression.sh: unknown part $1 (p01 p10 m05 p01x p01y p10x p0025 m20 ctrl mnv3 mnv3p)" >&2
+       exit 2 ;;
   esac
 }
 

@@ -13,8 +13,8 @@ TINY = ("trainer.steps=4 schedule.finetune_steps=2 trainer.val_every=2 trainer.l
         "trainer.warmup_steps=1 dataset.process.patch_size=32 model.depth=2 dataset.val_count=1")
 
 
-def _bench(root: Path, out: Path, parts: str = "p01") -> subprocess.CompletedProcess:
-    env = {**os.environ, "EXTRA": TINY, "START_STEPS": "3", "HYDRA_FULL_ERROR": "0",
+def _bench(root: Path, out: Path, parts: str = "p01", extra: str = TINY) -> subprocess.CompletedProcess:
+    env = {**os.environ, "EXTRA": extra, "START_STEPS": "3", "HYDRA_FULL_ERROR": "0",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     return subprocess.run(["bash", str(REPO / "scripts" / "bench_compression.sh"), "cpu", str(root), str(out), "0",
                            parts], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
@@ -65,3 +65,17 @@ def test_the_controls_train_from_scratch_as_long_as_start_and_run_together(tmp_p
     scratch = runs["scratch_params0.1"]
     assert scratch["scratch"]["params"] == scratch["pruned"]["params"] <= 0.1 * scratch["dense"]["params"]
     assert scratch["final"]["provenance"]["init_from"]["sha256"]  # jsp's phase started from the seed's start
+
+
+def test_the_cpu_tier_gates_mobilenetv3_small_from_its_own_start(tmp_path):
+    root, out = write_drive(tmp_path / "DRIVE", n_train=3, n_test=2, size=(48, 48)), tmp_path / "bench"
+    tiny = TINY.replace(" model.depth=2", "")  # a UNet key; the run is MobileNetV3-Small
+    done = _bench(root, out, "mnv3", extra=tiny)
+    assert done.returncode == 0 and "FAILED" not in done.stdout, done.stdout + done.stderr
+    start = json.loads((out / "start" / "mnv3" / "s0" / "metrics.json").read_text())
+    dense = json.loads((out / "mnv3" / "dense" / "s0" / "metrics.json").read_text())
+    assert start["final"]["global_step"] == 3 and dense["final"]["global_step"] == 4 + 2
+    assert dense["final"]["provenance"]["init_from"]["sha256"]
+    config = (out / "mnv3" / "dense" / "s0" / ".hydra" / "config.yaml").read_text()
+    assert "variant: small" in config  # Large is the GPU tier's: 2.5 times dearer per step on a CPU
+    assert not list((out / "mnv3").glob("*_params*"))  # the methods are part mnv3p
