@@ -10,6 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+# Under pytest-xdist the workers share the cores: each one (and the jsp-train processes it starts,
+# which inherit this) gets its share of threads, since oversubscribed OpenMP threads spin and slow
+# every worker down. Set before anything imports torch.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ and "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 REPO = Path(__file__).resolve().parent.parent
 
 # Overrides that make a jsp-train run take seconds on a CPU: tiny images, model and loop.
