@@ -59,8 +59,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
             for stage in stages_to_run(state, plan):
                 if preemption.requested():  # between stages: everything so far is saved
                     raise preemption.Preempted(f"stopped before stage {stage.name} on {preemption.requested()}")
-                val = WORK[stage.kind](state, stage)  # training returns its best validation metrics
-                stages.record(state, stage, val)
+                done = WORK[stage.kind](state, stage)  # {"val": best validation metrics} or {"cut": ...}
+                stages.record(state, stage, **done)
             return finish(state, plan[-1].name)
         except preemption.Preempted:
             mark_preempted(run_dir, preemption.requested())

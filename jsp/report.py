@@ -32,8 +32,9 @@ from jsp.selection import select, selection_lines, setting_of
 from jsp.stats import COLLAPSED_F1, collapsed, groups_of, mean_std, paired, per_image_means
 
 COLUMNS = ["dataset", "method", "model", "lambdas", "setting", "keep", "seed", "params", "macs", "weight_mb",
-           "latency_ms", "val_miou", "miou", "f1", "auc", "pruned_miou", "pruned_f1", "zeroed", "run"]
-QUALITY = ["params", "macs", "weight_mb", "latency_ms", "miou", "f1", "auc", "pruned_miou", "pruned_f1", "zeroed"]
+           "latency_ms", "val_miou", "miou", "f1", "auc", "pruned_miou", "pruned_f1", "zeroed", "cut_change", "run"]
+QUALITY = ["params", "macs", "weight_mb", "latency_ms", "miou", "f1", "auc", "pruned_miou", "pruned_f1", "zeroed",
+           "cut_change"]
 
 
 def find_runs(paths: list[str]) -> list[Path]:
@@ -79,7 +80,8 @@ def describe(run: Path) -> dict:
     row["own_dense_macs"] = stages.get("dense", {}).get("macs", float("nan"))
     first = stages.get("pruned", stages.get("pruned_1", {}))  # the pruned network before fine-tuning
     row.update(pruned_miou=first.get("miou", float("nan")), pruned_f1=first.get("f1", float("nan")),
-               zeroed=stages.get("dense", {}).get("units_off", float("nan")))  # units the constraint switched off
+               zeroed=stages.get("dense", {}).get("units_off", float("nan")),  # units the constraint switched off
+               cut_change=first.get("cut_logit_change", float("nan")))  # largest logit change the cut caused
     return row
 
 

@@ -20,7 +20,7 @@ from jsp.constraints.base import Scaled
 from jsp.constraints.budget import BudgetController
 from jsp.engine import dense_cache
 from jsp.engine.checkpoint import save_state
-from jsp.engine.evaluate import write_per_image
+from jsp.engine.evaluate import probe, write_per_image
 from jsp.engine.logger import log_units
 from jsp.engine.resume import restore_weights, save_constraint_stats
 from jsp.engine.runtime import patch_loader
@@ -28,8 +28,9 @@ from jsp.engine.train import Hooks, LoopSettings, Objective, lr_at, train_loop
 from jsp.metrics import cost_report
 from jsp.models import pad_multiple
 from jsp.models.saved import layer_spec, save_model
+from jsp.constraints.units import snap_off
 from jsp.pruning import Stage, Target, cost_if_pruned, layer_scores, layer_widths, prune as prune_model, \
-    taylor_statistic
+    taylor_statistic, zero_to_target
 from jsp.pruning.surgery import model_cost, shrink_uniformly
 from jsp.run_config import build
 from jsp.state import RunState
@@ -39,7 +40,8 @@ log = logging.getLogger("jsp")
 
 def train(state: RunState, stage: Stage) -> dict:
     """Train ``stage.steps`` steps (after the stage's reset, or from where an interrupted job
-    stopped); the model ends with the weights that validated best. Returns their metrics."""
+    stopped); the model ends with the weights that validated best. Returns {"val": their
+    validation metrics}."""
     if stage.reset:
         (uniform if stage.reset == "uniform" else _fresh_weights)(state, stage)
     tr, resume = state.tr, take_resume_state(state, stage.name)
@@ -72,12 +74,25 @@ def train(state: RunState, stage: Stage) -> dict:
     best = train_loop(state.model, batches, Objective(state.loss_fn, optimizer, constraint), s,
                       Hooks(validate, state.logger, checkpoint), resume)
     state.goto(s.first_step + stage.steps)
+    if stage.snap:
+        best = snap(state, stage, best)
     checkpoint(stage.steps, best, None)  # stage end: the model now holds the best weights
     log.info("%s: best val mIoU %.4f at step %d", stage.name, best["miou"], best["step"])
     if stage.validate_start and best["step"] == 0:
         log.warning("%s: no fine-tuned checkpoint beat the pruned network on validation; the pruned weights "
                     "are kept (a lower schedule.finetune_lr_scale may help)", stage.name)
-    return best
+    return {"val": best}
+
+
+def snap(state: RunState, stage: Stage, best: dict) -> dict:
+    """Set the switched-off units of the stage's weights to exact zeros (constants: gamma = 0),
+    so the threshold cut that follows changes no output; re-validate if anything moved."""
+    zeroed, constant = snap_off(state.constraint.layers, state.constraint.eps)
+    if not zeroed and not constant:
+        return best
+    log.info("%s: %d switched-off units set to exactly zero and %d to exactly constant before the cut",
+             stage.name, zeroed, constant)
+    return {**best, **state.eval_on("val").metrics}
 
 
 def loop_settings(state: RunState, stage: Stage, resume: dict | None) -> LoopSettings:
@@ -100,9 +115,23 @@ def attach_controller(state: RunState, s: LoopSettings, resume: dict | None) -> 
     c = state.constraint
     forecast = lambda step: kept_cost(state, c.forecast_off(rest[step + 1]))  # noqa: E731
     c.controller = BudgetController(state.budget, forecast, s.steps, c.budget_every, ramp=c.budget_ramp,
-                                    actual=lambda: kept_cost(state))
+                                    actual=lambda: kept_cost(state), deadline=c.budget_deadline,
+                                    enforce=lambda: enforce_budget(state))
     if resume:
         c.load_state_dict(resume["constraint"])
+
+
+def enforce_budget(state: RunState) -> None:
+    """The budget deadline (constraint.budget_deadline): zero what the cut would remove to meet
+    the budget, the switched-off units first, then the least important by schedule.importance."""
+    s, c = state.schedule, state.constraint
+    kept = kept_cost(state)
+    dense, now = state.dense_cost[s.budget_on], model_cost(state.model, s.budget_on, state.c_in, state.data.full_size)
+    target = Target(s.budget_on, min(1.0, state.budget * dense / now))
+    zeroed = zero_to_target(state.model, c.layers, unit_scores(state), target, state.c_in, 2 * pad_multiple(state.model),
+                            state.data.full_size, c.eps, s.min_channels, s.round_to, s.min_keep, s.cost_aware)
+    log.warning("budget deadline: the constraint had reached %.3f of the %s (budget %.3f); %d more units zeroed "
+                "(%s importance), now %.3f", kept, s.budget_on, state.budget, zeroed, s.importance, kept_cost(state))
 
 
 def take_resume_state(state: RunState, name: str) -> dict | None:
@@ -119,13 +148,17 @@ def take_resume_state(state: RunState, name: str) -> dict | None:
     return saved
 
 
-def record(state: RunState, stage: Stage, val: dict | None = None) -> dict:
+def record(state: RunState, stage: Stage, val: dict | None = None, cut: dict | None = None) -> dict:
     """Evaluate on the test split, with cost; record in metrics.json and save the model.
-    val: the stage's validation metrics (None: measured here)."""
+    val: the stage's validation metrics (None: measured here); cut: what a prune stage's cut
+    did (``prune``), recorded with the change of test mIoU it caused."""
     tr, name, prefix = state.tr, stage.name, stage.tag("test")
     metrics, examples, per_image = state.eval_on("test", tr.eval_examples)
     val = val or state.eval_on("val").metrics  # what sweeps select on: the test split only reports
     metrics.update(val_miou=val["miou"], **({"val_f1": val["f1"]} if "f1" in val else {}))
+    if cut is not None:
+        before = list(state.logger.metrics.values())[-1]  # the stage the cut started from
+        metrics.update(cut, cut_miou_change=metrics["miou"] - before["miou"])
     metrics.update(cost_report(state.model, state.c_in, state.data.full_size, tr.latency_s, state.device))
     metrics.update(log_units(state.logger, state.constraint, state.step), constraint=state.constraint.settings(),
                    schedule=state.schedule.settings(), global_step=state.step)
@@ -163,12 +196,18 @@ def unit_scores(state: RunState) -> dict:
     return layer_scores(s.importance, layers, stats, s.seed, getattr(state.constraint, "kind", "scale"), s.normalize)
 
 
-def prune(state: RunState, stage: Stage) -> None:
+def prune(state: RunState, stage: Stage) -> dict:
     """Remove channels to meet ``stage.target``; log widths before and after. With the
     constraint's budget (target None), the switched-off units go first (no change of
-    function), then, if they were not enough, the least important others."""
+    function), then, if they were not enough, the least important others.
+
+    Returns {"cut": what the cut did}: the largest absolute change of the logits on a fixed
+    probe (the first two validation images), and how many removed units were live (neither
+    exactly zero nor exactly constant) or constant (folded into consumers: exact away from
+    zero-padded borders)."""
     s, t0, budget = state.schedule, time.time(), state.budget
-    before = layer_widths(state.model)
+    before, logits = layer_widths(state.model), probe(state.model, state.splits["val"], state.device)
+    cut = {"cut_live_units": 0, "cut_constant_units": 0}
     target = stage.target or Target(s.budget_on, budget)
     for t in [Target("threshold"), target] if budget else [target]:
         if t.mode != "threshold" and budget:
@@ -177,13 +216,31 @@ def prune(state: RunState, stage: Stage) -> None:
             if now <= dense * budget:
                 break
             t = Target(t.mode, min(1.0, t.keep * dense / now))
+        kinds = {l.name: unit_kinds(l) for l in state.constraint.layers}
         removed = prune_model(state.model, state.constraint.layers, unit_scores(state), t, state.c_in,
                               2 * pad_multiple(state.model), state.data.full_size, state.constraint.eps,
                               s.min_channels, s.round_to, s.min_keep, s.cost_aware)
+        for name, idx in removed.items():
+            cut["cut_live_units"] += int((kinds[name][idx] == 2).sum())
+            cut["cut_constant_units"] += int((kinds[name][idx] == 1).sum())
         state.constraint.after_surgery(state.model, removed)
         log.info("%s: removed %d unit channels (%s importance, %s target)", stage.tag(""),
                  sum(len(c) for c in removed.values()), s.importance, t.mode)
+    after = probe(state.model, state.splits["val"], state.device)
+    cut["cut_logit_change"] = max((float((a - b).abs().max()) for a, b in zip(after, logits)), default=0.0)
+    log.info("%s: the cut changed the probe's logits by at most %.3g (%d live and %d constant units removed)",
+             stage.tag(""), cut["cut_logit_change"], cut["cut_live_units"], cut["cut_constant_units"])
     log_widths(state, stage.tag(""), before, t0)
+    return {"cut": cut}
+
+
+def unit_kinds(layer) -> torch.Tensor:
+    """(U,) 0 where a unit's output is exactly zero (s_u = 0), 1 exactly constant (gamma_u = 0), 2 live."""
+    kinds = torch.full((layer.size,), 2)
+    if layer.normalised:
+        kinds[(layer.bn.weight.detach() == 0).cpu()] = 1
+    kinds[(layer.norms() == 0).cpu()] = 0
+    return kinds
 
 
 def uniform(state: RunState, stage: Stage) -> None:
@@ -234,7 +291,7 @@ def dense_from_cache(state: RunState, dense: Stage) -> bool:
     with dense_cache.claim(state.cfg.dense_cache, key) as entry:
         cached = dense_cache.fetch(entry, folder)
         if cached is None:
-            record(state, dense, train(state, dense))
+            record(state, dense, **train(state, dense))
             dense_cache.store(entry, folder, state.logger.metrics[dense.name], state.run_dir)
             return True
     log.info("dense: copied from %s (trained in %s); this run trains no dense network", entry,

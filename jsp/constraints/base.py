@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from jsp.constraints.budget import BudgetController
+from jsp.constraints.budget import BudgetController, check_deadline
 from jsp.constraints.group import WEIGHTINGS, UnitSet, prox_step
 from jsp.constraints.units import UnitLayer, find_units, off_fractions, unit_costs
 from jsp.errors import ConfigError
@@ -30,7 +30,8 @@ class Constraint:
     """
 
     def __init__(self, eps: float = 0.01, budget: float | None = None, budget_every: int = 10,
-                 budget_ramp: float = 0.5, cost_aware: str | None = None, weighting: str = "rms"):
+                 budget_ramp: float = 0.5, cost_aware: str | None = None, weighting: str = "rms",
+                 budget_deadline: float | None = 0.9):
         if not 0 <= eps < 1:
             raise ConfigError(f"constraint.eps must be in [0, 1), got {eps}")
         if budget is not None and not 0 < budget < 1:
@@ -42,6 +43,9 @@ class Constraint:
         #: fraction of the dense cost the constraint should reach by itself (None: no budget);
         #: the pipeline gives it a BudgetController (``controller``) for the training stage.
         self.budget, self.budget_every, self.budget_ramp = budget, budget_every, budget_ramp
+        check_deadline(budget_deadline)
+        #: the fraction of training by which the budget is met, by force if need be (budget.py)
+        self.budget_deadline = budget_deadline
         if cost_aware not in (None, "params", "macs"):
             raise ConfigError(f"constraint.cost_aware must be null, params or macs, got {cost_aware!r}")
         #: scale each unit's pressure by what removing it saves (method.md s.4's cost-aware
@@ -111,7 +115,12 @@ class Constraint:
             if self.controller is not None and self.controller.met:
                 # Budget met: hold the off units at exactly zero (the proximal step's limit,
                 # a projection, whatever the learning rate has decayed to); push no other unit.
-                units.scale_(1 - torch.cat([l.off(self.eps) for l in units.layers]).float())
+                # Their scale s_u too (slimming shrinks gamma alone): a zero s_u is a zero output,
+                # so the threshold cut that removes them changes nothing.
+                off = {l.name: l.off(self.eps) for l in self.layers}
+                units.scale_(1 - torch.cat([off[l.name] for l in units.layers]).float())
+                for layer in self.layers:
+                    layer.zero_(off[layer.name])
                 self.controller.held += 1
                 return
             norms = units.norms()

@@ -28,7 +28,7 @@ class SingleTerm(Constraint):
 
     def __init__(self, lam: float = 0.0, eps: float = 0.01, update: str | None = None, budget: float | None = None,
                  budget_every: int = 10, budget_ramp: float = 0.5, cost_aware: str | None = None,
-                 weighting: str = "rms", **kwargs):
+                 weighting: str = "rms", budget_deadline: float | None = 0.9, **kwargs):
         lam = kwargs.pop("lambda", lam)  # "lambda" is a Python keyword but the natural YAML key
         if kwargs:
             raise ConfigError(f"unknown constraint settings {sorted(kwargs)} for {type(self).__name__}")
@@ -40,7 +40,7 @@ class SingleTerm(Constraint):
             raise ConfigError(f"constraint.update must be one of {list(allowed)} for {type(self).__name__}, "
                               f"got {update!r}")
         super().__init__(eps=eps, budget=budget, budget_every=budget_every, budget_ramp=budget_ramp,
-                         cost_aware=cost_aware, weighting=weighting)
+                         cost_aware=cost_aware, weighting=weighting, budget_deadline=budget_deadline)
         self.lam, self.update = float(lam), update
         self._units: UnitSet | None = None
 
@@ -80,7 +80,7 @@ class SingleTerm(Constraint):
 
     def settings(self) -> dict:
         return {"lambda": self.lam, "eps": self.eps, "update": self.update, "budget": self.budget,
-                "cost_aware": self.cost_aware, "weighting": self.weighting}
+                "cost_aware": self.cost_aware, "weighting": self.weighting, "budget_deadline": self.budget_deadline}
 
 
 class L1(SingleTerm):

@@ -18,8 +18,11 @@ which raises its own pressure. So the controller also measures ``actual()``, the
 units that are off now, and once that meets the budget it stops: the factor is frozen and
 the constraint presses only on the units already off, holding them at exactly zero (without
 that, the optimiser's momentum would carry them back to small non-zero values) while no other
-unit is pushed off. Whatever is left over at the end is closed by the pruning step
-removing the least important of the remaining units.
+unit is pushed off. The forecast steers from above, so the budget may still be out of reach
+late in training: at the ``deadline`` (a fraction of training) the controller calls
+``enforce``, which zeroes the least important of the units still on until the budget is met,
+and then holds them like the others. The steps left let the network recover from their loss
+before the cut, and the cut itself removes exact zeros only (it changes no output).
 """
 from __future__ import annotations
 
@@ -38,15 +41,24 @@ class BudgetController:
         every: check the cost every this many steps.
         ramp: fraction of training over which the target falls from 1 to ``budget``.
         gain, max_step: the factor's update (see module).
+        deadline: fraction of training by which the budget must be met (None: never forced).
+        enforce: () -> None, zeroes units until the budget is met (called once, at the deadline).
     """
 
     def __init__(self, budget: float, cost: Callable[[int], float], total_steps: int, every: int = 10,
                  ramp: float = 0.5, gain: float = 1.0, max_step: float = 1.25,
-                 actual: Callable[[], float] | None = None):
+                 actual: Callable[[], float] | None = None, deadline: float | None = None,
+                 enforce: Callable[[], None] | None = None):
         if not 0 < budget < 1:
             raise ConfigError(f"constraint.budget must be in (0, 1), got {budget}")
         if every < 1 or not 0 < ramp <= 1:
             raise ConfigError("constraint.budget_every must be >= 1 and the ramp in (0, 1]")
+        check_deadline(deadline)
+        #: the step at which ``enforce`` runs: before the last step, so the forced zeros are
+        #: held (and the network trains on without them) for at least one step
+        self.deadline_step = None if deadline is None or enforce is None else \
+            min(int(deadline * total_steps), total_steps - 2)
+        self.enforce = enforce
         self.budget, self.cost, self.actual, self.total_steps = budget, cost, actual, total_steps
         self.met, self.held = False, 0   # budget met; proximal steps since, holding the off units
         self.every, self.ramp, self.gain, self.max_step = every, ramp, gain, max_step
@@ -57,8 +69,16 @@ class BudgetController:
         return 1 - (1 - self.budget) * progress
 
     def update(self, step: int) -> None:
-        """Measure the forecast at a check step and move the factor; other steps do nothing."""
-        if step % self.every or self.met:
+        """Measure the forecast at a check step and move the factor; other steps do nothing.
+        At the deadline step, a budget not yet met is met by ``enforce``."""
+        if self.met:
+            return
+        if step == self.deadline_step:
+            if self.actual is None or self.actual() > self.budget:
+                self.enforce()
+            self.met = True
+            return
+        if step % self.every:
             return
         if self.actual is not None and self.actual() <= self.budget:
             self.met = True
@@ -82,3 +102,8 @@ class BudgetController:
         self.last_cost = float(state.get("last_cost", self.last_cost))
         self.met = bool(state.get("met", self.met))
         self.held = int(state.get("held", self.held))
+
+
+def check_deadline(deadline: float | None) -> None:
+    if deadline is not None and not 0 < deadline <= 1:
+        raise ConfigError(f"constraint.budget_deadline must be in (0, 1] or null, got {deadline}")

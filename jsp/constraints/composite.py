@@ -49,9 +49,10 @@ class JSPConstraint(Constraint):
         sign: "signed" (v2) or "abs" (v1) correlations in r_u.
         chance: correct r_u for the chance level of the layer's shape (v2).
         update: "prox" (v2: proximal step after the optimiser) or "loss" (v1: penalty in the loss).
-        budget, budget_every, budget_ramp: reach this fraction of the dense cost by itself,
-            checking every N steps, the target reaching the budget at this fraction of training
-            (see budget.py).
+        budget, budget_every, budget_ramp, budget_deadline: reach this fraction of the dense
+            cost by itself, checking every N steps, the target reaching the budget at this
+            fraction of training, met by force (the least important units zeroed) at that
+            fraction if not by then (see budget.py).
         measure: "weights" (r_u from the filters) or "features" (from the units' post-normalisation
             feature maps of the training batch before each redundancy update, through hooks).
 
@@ -69,9 +70,9 @@ class JSPConstraint(Constraint):
                  count_every: int = 1, redund_every: int = 20, eps: float = 0.01, count_on: str = "scale",
                  sign: str = "signed", chance: bool = True, update: str = "prox", measure: str = "weights",
                  budget: float | None = None, budget_every: int = 10, budget_ramp: float = 0.5,
-                 cost_aware: str | None = None, weighting: str = "rms"):
+                 cost_aware: str | None = None, weighting: str = "rms", budget_deadline: float | None = 0.9):
         super().__init__(eps=eps, budget=budget, budget_every=budget_every, budget_ramp=budget_ramp,
-                         cost_aware=cost_aware, weighting=weighting)
+                         cost_aware=cost_aware, weighting=weighting, budget_deadline=budget_deadline)
         for name, value in (("lambda_s", lambda_s), ("lambda_r", lambda_r), ("tau", tau)):
             if value < 0:
                 raise ConfigError(f"constraint.{name} must be >= 0, got {value}")
@@ -228,4 +229,4 @@ class JSPConstraint(Constraint):
                 "count_every": self.count_every, "redund_every": self.redund_every, "eps": self.eps,
                 "count_on": self.count_on, "sign": self.sign, "chance": self.chance, "update": self.update,
                 "measure": self.measure, "budget": self.budget, "cost_aware": self.cost_aware,
-                "weighting": self.weighting}
+                "weighting": self.weighting, "budget_deadline": self.budget_deadline}

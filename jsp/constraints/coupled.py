@@ -46,13 +46,14 @@ class CoupledGroupLasso(Constraint):
     update = "prox"
 
     def __init__(self, lam: float = 1.0, eps: float = 0.01, budget: float | None = None, budget_every: int = 10,
-                 budget_ramp: float = 0.5, **kwargs):
+                 budget_ramp: float = 0.5, budget_deadline: float | None = 0.9, **kwargs):
         lam = kwargs.pop("lambda", lam)
         if kwargs:
             raise ConfigError(f"unknown constraint settings {sorted(kwargs)} for CoupledGroupLasso")
         if lam < 0:
             raise ConfigError(f"constraint.lambda must be >= 0, got {lam}")
-        super().__init__(eps=eps, budget=budget, budget_every=budget_every, budget_ramp=budget_ramp)
+        super().__init__(eps=eps, budget=budget, budget_every=budget_every, budget_ramp=budget_ramp,
+                         budget_deadline=budget_deadline)
         self.lam = float(lam)
         self.groups: list[list[tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]]] = []
         self.units_of: list[list[tuple[str, torch.Tensor, torch.Tensor]]] = []
@@ -156,4 +157,5 @@ class CoupledGroupLasso(Constraint):
         return {"coupled": coupled}
 
     def settings(self) -> dict:
-        return {"lambda": self.lam, "eps": self.eps, "update": "prox", "budget": self.budget}
+        return {"lambda": self.lam, "eps": self.eps, "update": "prox", "budget": self.budget,
+                "budget_deadline": self.budget_deadline}

@@ -116,11 +116,12 @@ class UnitLayer:
             out |= g <= eps * g.max().clamp_min(1e-12)
         return out
 
-    def constant_outputs(self) -> torch.Tensor:
-        """(U,) True where the output is a constant but not zero: gamma_u = 0, beta_u != 0."""
-        if not self.normalised:
-            return torch.zeros(self.size, dtype=torch.bool, device=self.conv.weight.device)
-        return (self.bn.weight == 0) & (self.bn.bias != 0)
+    @torch.no_grad()
+    def zero_(self, units: torch.Tensor) -> None:
+        """Set the scale parameters s_u of the ``units`` ((U,) bool) to exactly zero: their
+        outputs become exactly zero, so removing them changes no output."""
+        for t, axis in self.params("scale"):
+            t.transpose(0, axis)[units.to(t.device)] = 0
 
 
 def find_units(model: nn.Module, in_channels: int | None = None, size: int | None = None) -> list[UnitLayer]:
@@ -198,3 +199,23 @@ def off_fractions(layers: list[UnitLayer], eps: float) -> tuple[float, dict[str,
         per_layer[layer.name] = dead / layer.size
         off, total = off + dead, total + layer.size
     return (off / total if total else 0.0), per_layer
+
+
+@torch.no_grad()
+def snap_off(layers: list[UnitLayer], eps: float) -> tuple[int, int]:
+    """Make the switched-off units (``UnitLayer.off``) exactly what the threshold cut assumes:
+    a unit whose scale is at most ``eps`` of its layer's largest gets s_u = 0 (zero output); a
+    normalised unit whose |gamma| is that small gets gamma = 0 (its output is then exactly the
+    constant beta, which the cut folds into its consumers). Returns (zeroed, made constant)."""
+    zeroed = constant = 0
+    for layer in layers:
+        n = layer.norms()
+        small = n <= eps * n.max().clamp_min(1e-12)
+        layer.zero_(small & (n > 0))
+        zeroed += int((small & (n > 0)).sum())
+        if layer.normalised:
+            g = layer.bn.weight
+            flat = (g.abs() <= eps * g.abs().max().clamp_min(1e-12)) & ~small & (g != 0)
+            g[flat] = 0
+            constant += int(flat.sum())
+    return zeroed, constant

@@ -17,15 +17,33 @@ from jsp.models import pad_multiple
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, amp: bool = False) -> torch.Tensor:
-    """(N, C, H, W) -> class probabilities (N, K, H, W); reflect-pads to the stride multiple."""
+def logits_of(model: nn.Module, x: torch.Tensor, amp: bool = False) -> torch.Tensor:
+    """(N, C, H, W) -> logits (N, K, H, W), float32; reflect-pads to the stride multiple."""
     m = pad_multiple(model)
     h, w = x.shape[-2:]
     ph, pw = (-h) % m, (-w) % m
     xp = F.pad(x, (0, pw, 0, ph), mode="reflect") if (ph or pw) else x
     with torch.autocast(x.device.type, enabled=amp):
         logits = model(xp)
-    return logits[..., :h, :w].float().softmax(1)
+    return logits[..., :h, :w].float()
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, amp: bool = False) -> torch.Tensor:
+    """(N, C, H, W) -> class probabilities (N, K, H, W); reflect-pads to the stride multiple."""
+    return logits_of(model, x, amp).softmax(1)
+
+
+@torch.no_grad()
+def probe(model: nn.Module, images: list[Prepared], device: torch.device, n: int = 2) -> list[torch.Tensor]:
+    """Logits (K, H, W) of the first ``n`` full ``images`` in eval mode: a fixed probe batch,
+    to measure how much an operation (the pruning cut) changed the network's function."""
+    was = model.training
+    model.eval()
+    try:
+        return [logits_of(model, im.tensors()[0][None].to(device))[0] for im in images[:n]]
+    finally:
+        model.train(was)
 
 
 class Evaluation(NamedTuple):

@@ -6,7 +6,7 @@ remove equal fractions of what is left.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from jsp.errors import ConfigError
 from jsp.pruning.importance import NORMALIZE, check_importance
@@ -24,6 +24,8 @@ class Stage:
     ``target`` and fresh weights) or "prune" (remove channels to meet ``target``; None: the
     constraint's budget). ``validate_start``: the starting weights compete for the best.
     Stages other than the ``main`` one train with the constraint scaled (its statistics go on).
+    ``snap``: the stage ends by setting its switched-off units to exact zeros (or constants),
+    because a threshold cut follows that removes them and must change no output.
     """
     name: str
     kind: str
@@ -36,6 +38,12 @@ class Stage:
     reset: str | None = None
     validate_start: bool = False
     main: bool = False             # the run's own training: the constraint itself, budget controller included
+    snap: bool = False
+
+    @property
+    def cuts_by_threshold(self) -> bool:
+        """A prune stage whose first cut removes the switched-off units (with a budget, or a threshold target)."""
+        return self.kind == "prune" and (self.target is None or self.target.mode == "threshold")
 
     def tag(self, what: str) -> str:
         """TensorBoard prefix of ``what``: "train" (losses), "val", "test" or "" (the stage's own)."""
@@ -145,7 +153,7 @@ class Schedule:
             elif self.finetune_steps:
                 out.append(Stage(f"finetuned{x}", "train", f"finetune{x}", self.finetune_steps,
                                  self.finetune_lr_scale, self.constraint_scale, r, validate_start=True))
-        return out
+        return [replace(s, snap=s.kind == "train" and nxt.cuts_by_threshold) for s, nxt in zip(out, out[1:])] + out[-1:]
 
     def settings(self) -> dict:
         if self.rounds == 0:

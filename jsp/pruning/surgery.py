@@ -165,6 +165,25 @@ class MetaProbe:
             self.graph._pruning_history.clear()
 
 
+@torch.no_grad()
+def zero_channels(layers: list[UnitLayer], groups: ChannelGroups, chosen: list[list[int]]) -> int:
+    """Zero the scale parameters of every unit in the ``chosen`` root channels of each group
+    (``UnitLayer.zero_``): their outputs become exactly zero, so a threshold cut later removes
+    them without changing any output. Returns the number of units zeroed."""
+    by_conv, zeroed = {id(l.conv): l for l in layers}, 0
+    for group, idxs in zip(groups.groups, chosen):
+        drop = set(idxs)
+        for item in group if drop else ():
+            layer = by_conv.get(id(item.dep.target.module))
+            if layer is None or not groups.graph.is_out_channel_pruning_fn(item.dep.handler):
+                continue
+            mask = torch.zeros(layer.size, dtype=torch.bool)
+            mask[[int(i) for i, r in zip(item.idxs, item.root_idxs) if int(r) in drop]] = True
+            zeroed += int((mask & (layer.norms().cpu() > 0)).sum())
+            layer.zero_(mask)
+    return zeroed
+
+
 def choose_channels(model: nn.Module, layers: list[UnitLayer], groups: ChannelGroups, target: Target,
                     full_size: tuple[int, int], min_channels: int = 1, round_to: int = 1,
                     min_keep: float = 0.0) -> list[list[int]]:
@@ -221,6 +240,19 @@ def prune(model: nn.Module, layers: list[UnitLayer], scores: dict[str, torch.Ten
     groups = ChannelGroups(model, layers, scores, in_channels, size, eps, cost_aware)
     chosen = choose_channels(model, layers, groups, target, full_size, min_channels, round_to, min_keep)
     return remove_channels(model, layers, chosen, groups.example_shape, built=(groups.groups, groups.graph))
+
+
+def zero_to_target(model: nn.Module, layers: list[UnitLayer], scores: dict[str, torch.Tensor], target: Target,
+                   in_channels: int, size: int, full_size: tuple[int, int], eps: float = 0.01, min_channels: int = 1,
+                   round_to: int = 1, min_keep: float = 0.0, cost_aware: str | None = None) -> int:
+    """Zero in place (``zero_channels``) what ``prune`` would remove to meet ``target``, the
+    switched-off channels first, then the least important. Arguments as ``prune``'s. Returns
+    the number of units that were not zero before."""
+    groups = ChannelGroups(model, layers, scores, in_channels, size, eps, cost_aware)
+    for s, off in zip(groups.scores, groups.off):
+        s[off] = -math.inf
+    chosen = choose_channels(model, layers, groups, target, full_size, min_channels, round_to, min_keep)
+    return zero_channels(layers, groups, chosen)
 
 
 def shrink_uniformly(model: nn.Module, layers: list[UnitLayer], target: Target, in_channels: int, size: int,
