@@ -193,7 +193,7 @@ def unit_scores(state: RunState) -> dict:
         batches = patch_loader(state.splits["train"], state.process, 8, state.tr.batch_size, state.cfg.seed, 0,
                                state.device)
         stats.update(taylor_statistic(state.model, layers, batches, state.loss_fn, state.device))
-    return layer_scores(s.importance, layers, stats, s.seed, getattr(state.constraint, "kind", "scale"), s.normalize)
+    return layer_scores(s.importance, layers, stats, s.seed, state.constraint.measured_on, s.normalize)
 
 
 def prune(state: RunState, stage: Stage) -> dict:

@@ -96,6 +96,9 @@ class Constraint:
         return torch.zeros((), device=next(model.parameters()).device)
 
     update = "loss"
+    #: The unit group whose norm n_u measures a unit when pruning (an importance's n_u): "the
+    #: group a proximal step shrinks" is another question (``prox_units``), and L1 has none.
+    measured_on = "scale"
 
     def prox_units(self) -> UnitSet | None:
         """The unit groups a proximal step shrinks (None: this constraint has no prox form)."""

@@ -44,6 +44,10 @@ class SingleTerm(Constraint):
         self.lam, self.update = float(lam), update
         self._units: UnitSet | None = None
 
+    @property
+    def measured_on(self) -> str:
+        return self.kind or "scale"
+
     def units(self) -> UnitSet:
         if self._units is None or self._units.layers is not self.layers:
             self._units = UnitSet([l for l in self.layers if l.dim_of(self.kind)], self.kind, self.weighting)

@@ -89,7 +89,7 @@ class JSPConstraint(Constraint):
         self.count_on, self.sign, self.chance, self.update = count_on, sign, bool(chance), update
         self.measure = measure
         self._hooks, self._features, self._capture = [], {}, False
-        self.kind = "scale" if count_on == "scale" else "theta"           # n_u and the penalty
+        self.kind = self.measured_on = "scale" if count_on == "scale" else "theta"  # n_u and the penalty
         self.count_kind = "scale" if count_on == "scale" else "filter"    # g_u
         self.units = self.counted = UnitSet([])
         self.a = torch.ones(0)   # activity a_u, flat over all units
