@@ -81,3 +81,17 @@ def test_only_a_train_stage_before_a_threshold_cut_snaps():
     assert not any(s.snap for s in target)               # a target cut removes live units anyway
     iterative = Schedule(rounds=2).stages(100)
     assert [s.name for s in iterative if s.snap] == ["dense", "finetuned_1"]
+
+
+def test_slimming_measures_units_without_a_batchnorm_by_their_scale_not_as_zero():
+    """bn_scale (slimming's importance) ranks a unit by |gamma_u|, and a unit with no BatchNorm
+    (the UNet's transposed convolutions) by n_u on its scale (W_u, b_u). It used to take the
+    proximal step's group, gamma, which such a unit lacks: every one scored 0 and went first."""
+    from jsp.constraints import Slimming
+    from jsp.pruning import layer_scores
+
+    m, layers = tiny_unet()
+    c = Slimming(lam=1.0).attach(m, 3, 32)
+    scores = layer_scores("bn_scale", c.layers, {}, kind=c.measured_on)
+    bare = [l.name for l in c.layers if not l.normalised]
+    assert bare and all(scores[name].min() > 0.05 for name in bare)

@@ -118,6 +118,9 @@ class Slimming(SingleTerm):
 
     term = "slimming"
     kind = "gamma"
+    # bn_scale takes |gamma_u|; a unit with no BatchNorm (a transposed convolution) is measured
+    # on its scale (W_u, b_u), not scored 0 for lacking the group the proximal step shrinks.
+    measured_on = "scale"
 
     def magnitudes(self, layer):
         gamma = layer.gammas()
