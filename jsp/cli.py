@@ -18,6 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from jsp import configs  # noqa: F401  (registers the typed schemas before any compose)
 from jsp.errors import JSPError
+from jsp.plugins import register_configs
 
 def _conf_dir() -> str:
     here = Path(__file__).resolve().parent
@@ -29,6 +30,8 @@ def _conf_dir() -> str:
 
 CONF_DIR = _conf_dir()
 log = logging.getLogger("jsp")
+# Installed plug-ins become config options (model=KEY, dataset=KEY, constraint=KEY) beside ours.
+register_configs({g: {p.stem for p in (Path(CONF_DIR) / g).glob("*.yaml")} for g in ("model", "dataset", "constraint")})
 
 
 def objective(final: dict, max_params: int | None) -> float:

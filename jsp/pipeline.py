@@ -20,6 +20,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from jsp import stages
+from jsp.constraints import Constraint
 from jsp.data import prepare
 from jsp.data.io import set_max_pixels
 from jsp.data.transforms import in_channels
@@ -85,6 +86,8 @@ def _settings(state: RunState, cfg: DictConfig) -> None:
     state.device = resolve_device(state.tr.device)
     check_trainer(state.tr)
     state.constraint = build(cfg.constraint, "constraint")
+    if not isinstance(state.constraint, Constraint):  # a plug-in's target must be one
+        raise ConfigError(f"constraint: {type(state.constraint).__name__} is not a jsp.constraints.Constraint")
     state.schedule = build(cfg.schedule)
     state.control = cfg.get("control") or "none"
     state.budget = state.constraint.budget = effective_budget(state.constraint.budget, state.schedule, state.control)

@@ -75,6 +75,7 @@ class Entry:
     build: Callable[..., Any]
     targets: tuple[str, ...]
     args: dict[str, Arg]
+    plugin: dict | None = None      # {"package", "version"} of a plug-in's entry (jsp/plugins.py)
 
 
 def _models() -> dict[str, Entry]:
@@ -127,11 +128,43 @@ PROCESS = {"channels": Arg(str, choices=("rgb", "green")), "clahe": Arg(bool),
            "patch_size": Arg(int, 8, 8192), "augment": Arg(bool)}
 
 _TABLES: dict[str, Callable[[], dict[str, Entry]]] = {"model": _models, "dataset": _datasets}
+_BOUNDS = {int: (-2**31, 2**31), float: (-1e12, 1e12)}
+
+
+def _arg_of(default: Any, bounds: tuple | None) -> Arg | None:
+    """The Arg a plug-in's keyword with this default accepts (None: not a JSON scalar or list)."""
+    if isinstance(default, list):
+        kinds = {type(v) for v in default} or {float}
+        kind = kinds.pop() if len(kinds) == 1 else float
+        return Arg(kind, *(bounds or _BOUNDS.get(kind, (None, None))), is_list=True, max_len=64) \
+            if kind in (int, float, str, bool) else None
+    if default is None:
+        return Arg(str, optional=True)
+    kind = type(default)
+    return Arg(kind, *(bounds or _BOUNDS.get(kind, (None, None)))) if kind in (int, float, str, bool) else None
+
+
+def _plugin_entries(kind: str) -> dict[str, Entry]:
+    """Installed plug-ins of ``kind`` as entries: arguments from their keyword defaults, with
+    the ranges a plug-in declares in ``jsp_ranges`` ({name: (low, high)}) where it does."""
+    from jsp.plugins import MODEL_INPUTS, plugins, signature_defaults
+
+    out = {}
+    for key, plugin in plugins(kind).items():
+        obj = plugin.load()
+        ranges = getattr(obj, "jsp_ranges", {}) or {}
+        args = {k: a for k, v in signature_defaults(obj).items() if (a := _arg_of(v, ranges.get(k))) is not None}
+        if kind == "model":
+            args.update({"in_channels": Arg(int, 1, 64), "num_classes": Arg(int, 1, 1024)})
+        out[key] = Entry(obj, (plugin.target,), args, plugin.record())
+    return out
 
 
 def table(kind: str) -> dict[str, Entry]:
-    """The registry of ``kind`` ("model" or "dataset"): key -> Entry."""
-    return _TABLES[kind]()
+    """The registry of ``kind`` ("model" or "dataset"): key -> Entry; installed plug-ins
+    after jsp's own (whose names they cannot take)."""
+    own = _TABLES[kind]()
+    return {**{k: e for k, e in _plugin_entries(kind).items() if k not in own}, **own}
 
 
 def key_of(kind: str, target: str) -> str:
@@ -143,9 +176,14 @@ def key_of(kind: str, target: str) -> str:
                    f"({', '.join(table(kind))}); saved models can only name those")
 
 
-def check_args(kind: str, key: Any, args: Any, where: str) -> tuple[Entry, dict]:
-    """Validate ``key`` and ``args`` from a file; returns (entry, checked arguments)."""
+def check_args(kind: str, key: Any, args: Any, where: str, plugin: Any = None) -> tuple[Entry, dict]:
+    """Validate ``key`` and ``args`` from a file; returns (entry, checked arguments).
+    plugin: the file's record of the plug-in that built it (only quoted in the refusal)."""
     entries = table(kind)
+    if isinstance(key, str) and key not in entries and isinstance(plugin, dict):
+        package, version = _show(plugin.get("package")).strip("'"), _show(plugin.get("version")).strip("'")
+        raise UntrustedInputError(f"{where}: {kind} {_show(key)} comes from the jsp plug-in package {package} "
+                                  f"{version}, which is not installed here (pip install {package})")
     if not isinstance(key, str) or key not in entries:
         raise UntrustedInputError(f"{where}.name: expected one of {list(entries)}, got {_show(key)}")
     if not isinstance(args, dict):
@@ -185,5 +223,5 @@ def describe(kind: str, node: dict) -> dict:
     """{"name", "args"} for a trusted config node ``{_target_, **kwargs}`` (what model.json records)."""
     args = {k: v for k, v in node.items() if k not in NOT_RECORDED}
     key = key_of(kind, str(node.get("_target_", "")))
-    check_args(kind, key, args, kind)  # never write a file that jsp itself would refuse to load
-    return {"name": key, "args": args}
+    entry, _ = check_args(kind, key, args, kind)  # never write a file that jsp itself would refuse to load
+    return {"name": key, "args": args, **({"plugin": entry.plugin} if entry.plugin else {})}

@@ -141,7 +141,7 @@ def architecture_of(meta: dict) -> tuple[Entry, dict]:
     arch = meta.get("architecture")
     if not isinstance(arch, dict):
         raise UntrustedInputError("architecture: expected an object with name and args")
-    return check_args("model", arch.get("name"), arch.get("args", {}), "architecture")
+    return check_args("model", arch.get("name"), arch.get("args", {}), "architecture", arch.get("plugin"))
 
 
 def dataset_of(meta: dict) -> tuple[Entry, dict, dict]:
@@ -160,7 +160,7 @@ def dataset_of(meta: dict) -> tuple[Entry, dict, dict]:
         args = {k: v for k, v in data.items() if k not in ("_target_", "process", "fov_cache")}
         entry, args = check_args("dataset", name, args, "dataset")
         return entry, args, check_process(data.get("process"), "dataset.process")
-    entry, args = check_args("dataset", data.get("name"), data.get("args", {}), "dataset")
+    entry, args = check_args("dataset", data.get("name"), data.get("args", {}), "dataset", data.get("plugin"))
     return entry, args, check_process(meta.get("process"), "process")
 
 

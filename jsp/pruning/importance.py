@@ -69,9 +69,20 @@ IMPORTANCES: dict[str, Callable[[UnitLayer, Context], torch.Tensor]] = {
 NORMALIZE = ("max", "rank")
 
 
+def importance_fn(name: str) -> Callable[[UnitLayer, Context], torch.Tensor]:
+    """The importance ``name``: jsp's own, else an installed plug-in's (entry point group
+    ``jsp.importances``: a function (layer, ctx) -> (U,) scores, higher = keep)."""
+    from jsp.plugins import plugins
+
+    if name in IMPORTANCES:
+        return IMPORTANCES[name]
+    if name in plugins("importance"):
+        return plugins("importance")[name].load()
+    raise ConfigError(f"schedule.importance must be one of {[*IMPORTANCES, *plugins('importance')]}, got {name!r}")
+
+
 def check_importance(name: str) -> None:
-    if name not in IMPORTANCES:
-        raise ConfigError(f"schedule.importance must be one of {list(IMPORTANCES)}, got {name!r}")
+    importance_fn(name)
 
 
 def normalized(scores: torch.Tensor, how: str) -> torch.Tensor:
@@ -90,7 +101,8 @@ def layer_scores(name: str, layers: list[UnitLayer], stats: dict, seed: int = 0,
         raise ConfigError(f"schedule.normalize must be one of {list(NORMALIZE)}, got {normalize!r}")
     ctx = Context(stats, kind, torch.Generator().manual_seed(seed))
     with torch.no_grad():
-        return {l.name: normalized(IMPORTANCES[name](l, ctx).float(), normalize) for l in layers}
+        fn = importance_fn(name)
+        return {l.name: normalized(torch.as_tensor(fn(l, ctx)).float(), normalize) for l in layers}
 
 
 def taylor_statistic(model, layers: list[UnitLayer], batches, loss_fn, device, kind: str = "scale") -> dict:
