@@ -53,6 +53,10 @@ class ScheduleConfig:
     constraint_scale: float = 0.0
     control_steps: Optional[int] = None
     seed: int = 0
+    distill: float = 0.0
+    distill_temperature: float = 1.0
+    finetune_lr: str = "cosine"
+    control_compute: bool = False
 
 
 @dataclass

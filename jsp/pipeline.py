@@ -93,6 +93,9 @@ def _settings(state: RunState, cfg: DictConfig) -> None:
     state.budget = state.constraint.budget = effective_budget(state.constraint.budget, state.schedule, state.control)
     check_control(state.control, state.budget, state.schedule)
     check_init_control(cfg.get("init_from"), state.control, state.schedule.control_steps)
+    if state.schedule.distill and state.control == "uniform" and not cfg.get("init_from"):
+        raise ConfigError("schedule.distill with control=uniform needs init_from: the uniform control has no "
+                          "network of its own to learn from")
     state.constraint.min_units = state.schedule.min_channels
     state.provenance = provenance(hydra_overrides())
 

@@ -32,9 +32,9 @@ from jsp.selection import select, selection_lines, setting_of
 from jsp.stats import COLLAPSED_F1, collapsed, groups_of, mean_std, paired, per_image_means
 
 COLUMNS = ["dataset", "method", "model", "lambdas", "setting", "keep", "seed", "params", "macs", "weight_mb",
-           "latency_ms", "val_miou", "miou", "f1", "auc", "pruned_miou", "pruned_f1", "zeroed", "cut_change", "run"]
+           "latency_ms", "val_miou", "miou", "f1", "auc", "pruned_miou", "pruned_f1", "zeroed", "cut_change", "train_steps", "train_tmacs", "run"]
 QUALITY = ["params", "macs", "weight_mb", "latency_ms", "miou", "f1", "auc", "pruned_miou", "pruned_f1", "zeroed",
-           "cut_change"]
+           "cut_change", "train_steps", "train_tmacs"]
 
 
 def find_runs(paths: list[str]) -> list[Path]:
@@ -67,6 +67,8 @@ def describe(run: Path) -> dict:
                   else ("dense" if name == "none" else f"{name} (unpruned)"))
     if cfg.get("control") == "scratch" and method != "scratch":  # any method's architecture from scratch
         method = f"scratch({method})"
+    if schedule.get("distill"):  # recovered by distillation: its own row, its (alpha, T) chosen on validation
+        method += "+kd"
     lambdas = ",".join(f"{k}={constraint[k]:g}" for k in ("lambda_s", "lambda_r", "lambda") if k in constraint)
     keep = _budget_of(constraint, schedule)
     width = (cfg.get("model") or {}).get("width")  # runs of different widths are different models
@@ -81,7 +83,9 @@ def describe(run: Path) -> dict:
     first = stages.get("pruned", stages.get("pruned_1", {}))  # the pruned network before fine-tuning
     row.update(pruned_miou=first.get("miou", float("nan")), pruned_f1=first.get("f1", float("nan")),
                zeroed=stages.get("dense", {}).get("units_off", float("nan")),  # units the constraint switched off
-               cut_change=first.get("cut_logit_change", float("nan")))  # largest logit change the cut caused
+               cut_change=first.get("cut_logit_change", float("nan")),  # largest logit change the cut caused
+               train_steps=final.get("train_steps_total", float("nan")),  # the run's training, all stages
+               train_tmacs=final.get("train_macs_total", float("nan")) / 1e12)
     return row
 
 

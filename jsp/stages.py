@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 
 import torch
 from omegaconf import OmegaConf
@@ -27,11 +28,13 @@ from jsp.engine.runtime import patch_loader
 from jsp.engine.train import Hooks, LoopSettings, Objective, lr_at, train_loop
 from jsp.metrics import cost_report
 from jsp.models import pad_multiple
-from jsp.models.saved import layer_spec, save_model
+from jsp.models.saved import layer_spec, load_model, save_model
 from jsp.constraints.units import snap_off
 from jsp.pruning import Stage, Target, cost_if_pruned, layer_scores, layer_widths, prune as prune_model, \
     taylor_statistic, zero_to_target
 from jsp.pruning.surgery import model_cost, shrink_uniformly
+from jsp.models.warm_start import warm_start
+from jsp.recovery import equal_compute_steps, frozen, step_macs
 from jsp.run_config import build
 from jsp.state import RunState
 
@@ -45,6 +48,10 @@ def train(state: RunState, stage: Stage) -> dict:
     if stage.reset:
         (uniform if stage.reset == "uniform" else _fresh_weights)(state, stage)
     tr, resume = state.tr, take_resume_state(state, stage.name)
+    teacher = teacher_of(state, stage)
+    per_step = step_macs(state.model, state.c_in, state.process["patch_size"], tr.batch_size, teacher)
+    if stage.reset == "reinit" and state.schedule.control_compute:
+        stage = replace(stage, steps=scratch_b_steps(state, per_step))
     s = loop_settings(state, stage, resume)
     optimizer = build(tr.optimizer)(state.model.parameters())  # per stage: surgery replaced the parameters
     constraint = state.constraint if stage.main else Scaled(state.constraint, stage.constraint_scale)
@@ -71,8 +78,9 @@ def train(state: RunState, stage: Stage) -> dict:
                    best=best, best_state=best_state, constraint=state.constraint.state_dict(),
                    rng=torch.get_rng_state())
 
-    best = train_loop(state.model, batches, Objective(state.loss_fn, optimizer, constraint), s,
-                      Hooks(validate, state.logger, checkpoint), resume)
+    objective = Objective(state.loss_fn, optimizer, constraint, teacher, state.schedule.distill,
+                          state.schedule.distill_temperature)
+    best = train_loop(state.model, batches, objective, s, Hooks(validate, state.logger, checkpoint), resume)
     state.goto(s.first_step + stage.steps)
     if stage.snap:
         best = snap(state, stage, best)
@@ -81,7 +89,33 @@ def train(state: RunState, stage: Stage) -> dict:
     if stage.validate_start and best["step"] == 0:
         log.warning("%s: no fine-tuned checkpoint beat the pruned network on validation; the pruned weights "
                     "are kept (a lower schedule.finetune_lr_scale may help)", stage.name)
-    return {"val": best}
+    return {"val": best, "compute": {"train_steps": stage.steps, "train_macs": per_step * stage.steps}}
+
+
+def teacher_of(state: RunState, stage: Stage) -> nn.Module | None:
+    """The frozen network a stage distils from (schedule.distill > 0): the network before
+    pruning (checkpoints/dense), or for the uniform control, which has none, init_from's."""
+    if not state.schedule.distill or stage.name == "dense":
+        return None
+    if state.teacher is None:
+        if stage.reset == "uniform":
+            model = build(state.builder)
+            warm_start(model, state.cfg.init_from)
+        else:
+            model, _ = load_model(state.run_dir / "checkpoints" / "dense", "cpu")
+        state.teacher = frozen(model.to(state.device))
+    return state.teacher
+
+
+def scratch_b_steps(state: RunState, per_step: int) -> int:
+    """The scratch control's steps at equal compute (schedule.control_compute; recovery.py)."""
+    s, tr = state.schedule, state.tr
+    dense, _ = load_model(state.run_dir / "checkpoints" / "dense", "cpu")
+    dense_step = step_macs(dense.to(state.device), state.c_in, state.process["patch_size"], tr.batch_size)
+    steps = equal_compute_steps(s.control_steps or tr.steps + s.finetune_steps, s.finetune_steps, dense_step,
+                                per_step)
+    log.info("scratch: %d steps cost what the compressed run did (equal compute)", steps)
+    return steps
 
 
 def snap(state: RunState, stage: Stage, best: dict) -> dict:
@@ -103,7 +137,18 @@ def loop_settings(state: RunState, stage: Stage, resume: dict | None) -> LoopSet
                         grad_clip=tr.grad_clip, amp=state.amp, channels_last=state.channels_last, device=state.device,
                         tag=stage.tag("train"), val_tag=stage.tag("val"),
                         first_step=state.step - (resume["step"] if resume else 0),
-                        validate_start=stage.validate_start)
+                        validate_start=stage.validate_start, **lr_course(state, stage))
+
+
+def lr_course(state: RunState, stage: Stage) -> dict:
+    """A fine-tuning stage's lr course (schedule.finetune_lr); others warm up and decay."""
+    shape = state.schedule.finetune_lr if stage.validate_start else "cosine"
+    if shape != "rewind":
+        return {"shape": shape}
+    tr = state.tr
+    return {"shape": shape, "replay": LoopSettings(steps=tr.steps, lr=tr.lr, warmup_steps=min(tr.warmup_steps,
+                                                                                                tr.steps // 2),
+                                                   min_lr_ratio=tr.min_lr_ratio)}
 
 
 def attach_controller(state: RunState, s: LoopSettings, resume: dict | None) -> None:
@@ -148,7 +193,8 @@ def take_resume_state(state: RunState, name: str) -> dict | None:
     return saved
 
 
-def record(state: RunState, stage: Stage, val: dict | None = None, cut: dict | None = None) -> dict:
+def record(state: RunState, stage: Stage, val: dict | None = None, cut: dict | None = None,
+           compute: dict | None = None) -> dict:
     """Evaluate on the test split, with cost; record in metrics.json and save the model.
     val: the stage's validation metrics (None: measured here); cut: what a prune stage's cut
     did (``prune``), recorded with the change of test mIoU it caused."""
@@ -156,9 +202,12 @@ def record(state: RunState, stage: Stage, val: dict | None = None, cut: dict | N
     metrics, examples, per_image = state.eval_on("test", tr.eval_examples)
     val = val or state.eval_on("val").metrics  # what sweeps select on: the test split only reports
     metrics.update(val_miou=val["miou"], **({"val_f1": val["f1"]} if "f1" in val else {}))
+    before = list(state.logger.metrics.values())[-1] if state.logger.metrics else {}  # the previous stage
     if cut is not None:
-        before = list(state.logger.metrics.values())[-1]  # the stage the cut started from
         metrics.update(cut, cut_miou_change=metrics["miou"] - before["miou"])
+    compute = compute or {"train_steps": 0, "train_macs": 0}  # the run's training so far, and this stage's
+    metrics.update(compute, train_steps_total=before.get("train_steps_total", 0) + compute["train_steps"],
+                   train_macs_total=before.get("train_macs_total", 0) + compute["train_macs"])
     metrics.update(cost_report(state.model, state.c_in, state.data.full_size, tr.latency_s, state.device))
     metrics.update(log_units(state.logger, state.constraint, state.step), constraint=state.constraint.settings(),
                    schedule=state.schedule.settings(), global_step=state.step)

@@ -60,6 +60,7 @@ class RunState:
     resume: bool = False
     resume_state: dict | None = None
     logger: RunLogger | None = None
+    teacher: nn.Module | None = None  # the frozen network distillation learns from (stages.teacher_of)
     step: int = 0  # read freely; written only by goto()
 
     def goto(self, step: int) -> None:

@@ -28,3 +28,14 @@ class CEDiceLoss(nn.Module):
             terms["dice"] = self.dice(logits.float(), target)
         total = self.ce_weight * terms.get("ce", 0.0) + self.dice_weight * terms.get("dice", 0.0)
         return total, terms
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """``T^2 * mean over pixels of KL(softmax(teacher / T) || softmax(student / T))`` (Hinton et
+    al. 2015, per pixel): student, teacher (N, K, H, W) logits -> scalar. T^2 keeps the
+    gradient's scale independent of T. Over every pixel of the patch: patches carry no FOV."""
+    t = temperature
+    log_p_s = F.log_softmax(student.float() / t, dim=1)
+    log_p_t = F.log_softmax(teacher.float() / t, dim=1)
+    kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(1)   # (N, H, W)
+    return t * t * kl.mean()

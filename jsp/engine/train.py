@@ -15,6 +15,7 @@ from tqdm import tqdm
 from jsp.constraints import Constraint
 from jsp.engine import preemption
 from jsp.engine.logger import RunLogger
+from jsp.engine.losses import distillation_loss
 from jsp.errors import JSPError
 
 
@@ -45,15 +46,32 @@ class LoopSettings:
     val_tag: str = "val"
     first_step: int = 0   # global step of this stage's first step (TensorBoard x axis)
     validate_start: bool = False  # the starting weights compete for "best" (fine-tuning may not help)
+    shape: str = "cosine"  # the lr's course: cosine (warm-up, cosine), onecycle, rewind (``replay``'s tail)
+    replay: "LoopSettings | None" = None  # rewind: the training stage whose last ``steps`` lrs are replayed
 
 
 @dataclass
 class Objective:
     """What one step minimises and how: task loss ``loss_fn(logits, y) -> (loss, terms)``, the
-    constraint (its penalty, statistics and proximal step) and the optimiser."""
+    constraint (its penalty, statistics and proximal step) and the optimiser. With a
+    ``teacher`` (frozen, eval mode) and ``distill`` = alpha > 0 the task loss becomes
+    ``(1 - alpha) task + alpha * distillation_loss(student, teacher, temperature)``."""
     loss_fn: Callable
     optimizer: torch.optim.Optimizer
     constraint: Constraint
+    teacher: nn.Module | None = None
+    distill: float = 0.0
+    temperature: float = 1.0
+
+    def task(self, logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor, s: "LoopSettings") -> tuple:
+        """(task loss, its terms) of a batch, distillation included."""
+        task, terms = self.loss_fn(logits, y)
+        if self.teacher is None or not self.distill:
+            return task, terms
+        with torch.no_grad(), torch.autocast(s.device.type, enabled=s.amp):
+            target = self.teacher(x)
+        kd = distillation_loss(logits, target, self.temperature)
+        return (1 - self.distill) * task + self.distill * kd, {**terms, "own": task.detach(), "kd": kd.detach()}
 
 
 @dataclass
@@ -67,7 +85,19 @@ class Hooks:
 
 
 def lr_at(step: int, s: LoopSettings) -> float:
-    """Linear warm-up to ``lr``, then cosine decay to ``lr * min_lr_ratio`` at the last step."""
+    """The learning rate at ``step`` of the stage, by ``s.shape``:
+    cosine: linear warm-up to ``lr``, then cosine decay to ``lr * min_lr_ratio`` at the last step;
+    onecycle: linear from lr/25 to lr over the first 30 %, then cosine to lr/1e4 (Smith 2018);
+    rewind: the last ``steps`` learning rates of the training stage ``s.replay``, replayed
+    (learning-rate rewinding, Renda et al. 2020)."""
+    if s.shape == "rewind":
+        return lr_at(max(0, s.replay.steps - s.steps) + step, s.replay)
+    if s.shape == "onecycle":
+        up = max(1, round(0.3 * s.steps))
+        if step < up:
+            return s.lr / 25 + (s.lr - s.lr / 25) * step / up
+        progress = (step - up) / max(1, s.steps - 1 - up)
+        return s.lr * (1e-4 + (1 - 1e-4) * 0.5 * (1 + math.cos(math.pi * progress)))
     if step < s.warmup_steps:
         return s.lr * (step + 1) / s.warmup_steps
     progress = (step - s.warmup_steps) / max(1, s.steps - s.warmup_steps)
@@ -85,7 +115,7 @@ def train_step(model, x, y, objective: Objective, s: LoopSettings, scaler, step:
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.autocast(s.device.type, enabled=s.amp):
         logits = model(x)
-    task, terms = objective.loss_fn(logits, y)
+    task, terms = objective.task(logits, x, y, s)
     penalty = constraint.penalty(model)
     # One check a step: a NaN must stop the stage before it reaches the weights.
     if not torch.isfinite(task + penalty):

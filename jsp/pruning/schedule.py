@@ -74,13 +74,25 @@ class Schedule:
             train + fine-tune steps (equal training). A run that starts from a trained network
             (init_from) sets it to include that network's training.
         seed: for the ``random`` importance.
+        distill: alpha of distillation in every stage after the dense one (fine-tuning, the
+            controls): the loss is (1 - alpha) task + alpha KD from the network before pruning
+            (checkpoints/dense; the uniform control: init_from's network); 0 = off.
+        distill_temperature: T of the distillation's softened class distributions.
+        finetune_lr: the course of the fine-tuning lr: cosine (warm-up + cosine, at
+            finetune_lr_scale x trainer.lr), onecycle, or rewind (the training stage's last
+            finetune_steps learning rates replayed).
+        control_compute: the scratch control trains for the compressed run's compute (Liu et
+            al.'s Scratch-B) instead of its steps: (control_steps - finetune_steps) steps of the
+            dense network plus finetune_steps of the pruned one, over one pruned step.
     """
+    FINETUNE_LR = ("cosine", "onecycle", "rewind")
 
     def __init__(self, rounds: int = 1, importance: str = "jsp", keep_params: float | None = None,
                  keep_macs: float | None = None, min_channels: int = 2, round_to: int = 1,
                  finetune_steps: int = 300, finetune_lr_scale: float = 1.0, constraint_scale: float = 0.0,
                  seed: int = 0, min_keep: float = 0.0, normalize: str = "max", cost_aware: str | None = None,
-                 budget_on: str = "params", control_steps: int | None = None):
+                 budget_on: str = "params", control_steps: int | None = None, distill: float = 0.0,
+                 distill_temperature: float = 1.0, finetune_lr: str = "cosine", control_compute: bool = False):
         if rounds < 0:
             raise ConfigError(f"schedule.rounds must be >= 0, got {rounds}")
         check_importance(importance)
@@ -110,6 +122,13 @@ class Schedule:
         self.constraint_scale, self.seed = constraint_scale, seed
         self.min_keep, self.normalize, self.cost_aware, self.budget_on = min_keep, normalize, cost_aware, budget_on
         self.control_steps = control_steps
+        if not 0 <= distill <= 1 or distill_temperature <= 0:
+            raise ConfigError(f"schedule.distill must be in [0, 1] and schedule.distill_temperature > 0, got "
+                              f"{distill}, {distill_temperature}")
+        if finetune_lr not in self.FINETUNE_LR:
+            raise ConfigError(f"schedule.finetune_lr must be one of {list(self.FINETUNE_LR)}, got {finetune_lr!r}")
+        self.distill, self.distill_temperature = distill, distill_temperature
+        self.finetune_lr, self.control_compute = finetune_lr, bool(control_compute)
 
     @property
     def mode(self) -> str:
@@ -161,4 +180,6 @@ class Schedule:
         return {"rounds": self.rounds, "importance": self.importance, "mode": self.mode,
                 "keep_params": self.keep_params, "keep_macs": self.keep_macs,
                 "min_channels": self.min_channels, "round_to": self.round_to, "min_keep": self.min_keep,
-                "normalize": self.normalize, "cost_aware": self.cost_aware, "finetune_steps": self.finetune_steps}
+                "normalize": self.normalize, "cost_aware": self.cost_aware, "finetune_steps": self.finetune_steps,
+                "distill": self.distill, "distill_temperature": self.distill_temperature,
+                "finetune_lr": self.finetune_lr, "control_compute": self.control_compute}
