@@ -19,7 +19,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from jsp import stages
+from jsp import cutting, stages
 from jsp.constraints import Constraint
 from jsp.data import prepare
 from jsp.data.io import set_max_pixels
@@ -41,7 +41,7 @@ from jsp.run_config import build, build_dataset, check_arguments, check_control,
 from jsp.state import RunState
 
 log = logging.getLogger("jsp")
-WORK = {"train": stages.train, "prune": stages.prune}
+WORK = {"train": stages.train, "prune": cutting.prune}
 
 
 def run(cfg: DictConfig, run_dir: str | Path) -> dict:

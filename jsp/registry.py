@@ -147,7 +147,7 @@ def _arg_of(default: Any, bounds: tuple | None) -> Arg | None:
 def _plugin_entries(kind: str) -> dict[str, Entry]:
     """Installed plug-ins of ``kind`` as entries: arguments from their keyword defaults, with
     the ranges a plug-in declares in ``jsp_ranges`` ({name: (low, high)}) where it does."""
-    from jsp.plugins import MODEL_INPUTS, plugins, signature_defaults
+    from jsp.plugins import plugins, signature_defaults
 
     out = {}
     for key, plugin in plugins(kind).items():

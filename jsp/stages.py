@@ -1,8 +1,10 @@
 """The work of a run's stages, each a function over the running state (``jsp.state.RunState``)
 and one ``jsp.pruning.Stage``, called by the pipeline in the order the schedule yields:
 - ``train``: train the stage's steps (after its reset: ``reinitialise`` for the scratch
-  control, ``uniform`` for the uniform control); returns the best validation metrics;
-- ``prune``: remove channels to meet a target (with a budget: the zeroed units first);
+  control, ``uniform`` for the uniform control); returns the best validation metrics and the
+  stage's training compute;
+- ``prune`` (jsp/cutting.py): remove channels to meet a target (with a budget: the zeroed
+  units first), and measure what the cut changed;
 - ``record``: evaluate on the test split with cost, save the model, write metrics.json;
 - ``dense_from_cache``: the dense stage copied from, or stored into, a shared cache.
 The loop (jsp/engine/train.py) and the surgery (jsp/pruning) they call take plain values.
@@ -10,7 +12,6 @@ The loop (jsp/engine/train.py) and the surgery (jsp/pruning) they call take plai
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import replace
 
 import torch
@@ -19,21 +20,18 @@ from torch import nn
 
 from jsp.constraints.base import Scaled
 from jsp.constraints.budget import BudgetController
+from jsp.cutting import enforce_budget, fresh_weights, kept_cost, snap, uniform
 from jsp.engine import dense_cache
 from jsp.engine.checkpoint import save_state
-from jsp.engine.evaluate import probe, write_per_image
+from jsp.engine.evaluate import write_per_image
 from jsp.engine.logger import log_units
 from jsp.engine.resume import restore_weights, save_constraint_stats
 from jsp.engine.runtime import patch_loader
 from jsp.engine.train import Hooks, LoopSettings, Objective, lr_at, train_loop
 from jsp.metrics import cost_report
-from jsp.models import pad_multiple
 from jsp.models.saved import layer_spec, load_model, save_model
-from jsp.constraints.units import snap_off
-from jsp.pruning import Stage, Target, cost_if_pruned, layer_scores, layer_widths, prune as prune_model, \
-    taylor_statistic, zero_to_target
-from jsp.pruning.surgery import model_cost, shrink_uniformly
 from jsp.models.warm_start import warm_start
+from jsp.pruning import Stage
 from jsp.recovery import equal_compute_steps, frozen, step_macs
 from jsp.run_config import build
 from jsp.state import RunState
@@ -46,7 +44,7 @@ def train(state: RunState, stage: Stage) -> dict:
     stopped); the model ends with the weights that validated best. Returns {"val": their
     validation metrics}."""
     if stage.reset:
-        (uniform if stage.reset == "uniform" else _fresh_weights)(state, stage)
+        (uniform if stage.reset == "uniform" else fresh_weights)(state, stage)
     tr, resume = state.tr, take_resume_state(state, stage.name)
     teacher = teacher_of(state, stage)
     per_step = step_macs(state.model, state.c_in, state.process["patch_size"], tr.batch_size, teacher)
@@ -91,7 +89,6 @@ def train(state: RunState, stage: Stage) -> dict:
                     "are kept (a lower schedule.finetune_lr_scale may help)", stage.name)
     return {"val": best, "compute": {"train_steps": stage.steps, "train_macs": per_step * stage.steps}}
 
-
 def teacher_of(state: RunState, stage: Stage) -> nn.Module | None:
     """The frozen network a stage distils from (schedule.distill > 0): the network before
     pruning (checkpoints/dense), or for the uniform control, which has none, init_from's."""
@@ -106,7 +103,6 @@ def teacher_of(state: RunState, stage: Stage) -> nn.Module | None:
         state.teacher = frozen(model.to(state.device))
     return state.teacher
 
-
 def scratch_b_steps(state: RunState, per_step: int) -> int:
     """The scratch control's steps at equal compute (schedule.control_compute; recovery.py)."""
     s, tr = state.schedule, state.tr
@@ -116,18 +112,6 @@ def scratch_b_steps(state: RunState, per_step: int) -> int:
                                 per_step)
     log.info("scratch: %d steps cost what the compressed run did (equal compute)", steps)
     return steps
-
-
-def snap(state: RunState, stage: Stage, best: dict) -> dict:
-    """Set the switched-off units of the stage's weights to exact zeros (constants: gamma = 0),
-    so the threshold cut that follows changes no output; re-validate if anything moved."""
-    zeroed, constant = snap_off(state.constraint.layers, state.constraint.eps)
-    if not zeroed and not constant:
-        return best
-    log.info("%s: %d switched-off units set to exactly zero and %d to exactly constant before the cut",
-             stage.name, zeroed, constant)
-    return {**best, **state.eval_on("val").metrics}
-
 
 def loop_settings(state: RunState, stage: Stage, resume: dict | None) -> LoopSettings:
     tr, steps = state.tr, stage.steps
@@ -139,7 +123,6 @@ def loop_settings(state: RunState, stage: Stage, resume: dict | None) -> LoopSet
                         first_step=state.step - (resume["step"] if resume else 0),
                         validate_start=stage.validate_start, **lr_course(state, stage))
 
-
 def lr_course(state: RunState, stage: Stage) -> dict:
     """A fine-tuning stage's lr course (schedule.finetune_lr); others warm up and decay."""
     shape = state.schedule.finetune_lr if stage.validate_start else "cosine"
@@ -149,7 +132,6 @@ def lr_course(state: RunState, stage: Stage) -> dict:
     return {"shape": shape, "replay": LoopSettings(steps=tr.steps, lr=tr.lr, warmup_steps=min(tr.warmup_steps,
                                                                                                 tr.steps // 2),
                                                    min_lr_ratio=tr.min_lr_ratio)}
-
 
 def attach_controller(state: RunState, s: LoopSettings, resume: dict | None) -> None:
     """The budget controller of the constraint (method.md s.3). Its forecast looks ahead by
@@ -165,20 +147,6 @@ def attach_controller(state: RunState, s: LoopSettings, resume: dict | None) -> 
     if resume:
         c.load_state_dict(resume["constraint"])
 
-
-def enforce_budget(state: RunState) -> None:
-    """The budget deadline (constraint.budget_deadline): zero what the cut would remove to meet
-    the budget, the switched-off units first, then the least important by schedule.importance."""
-    s, c = state.schedule, state.constraint
-    kept = kept_cost(state)
-    dense, now = state.dense_cost[s.budget_on], model_cost(state.model, s.budget_on, state.c_in, state.data.full_size)
-    target = Target(s.budget_on, min(1.0, state.budget * dense / now))
-    zeroed = zero_to_target(state.model, c.layers, unit_scores(state), target, state.c_in, 2 * pad_multiple(state.model),
-                            state.data.full_size, c.eps, s.min_channels, s.round_to, s.min_keep, s.cost_aware)
-    log.warning("budget deadline: the constraint had reached %.3f of the %s (budget %.3f); %d more units zeroed "
-                "(%s importance), now %.3f", kept, s.budget_on, state.budget, zeroed, s.importance, kept_cost(state))
-
-
 def take_resume_state(state: RunState, name: str) -> dict | None:
     """The interrupted training state of stage ``name``, loaded into model and constraint."""
     saved, state.resume_state = state.resume_state, None
@@ -191,7 +159,6 @@ def take_resume_state(state: RunState, name: str) -> dict | None:
     state.goto(saved["global_step"])
     log.info("resume: %s continues at step %d", name, saved["step"])
     return saved
-
 
 def record(state: RunState, stage: Stage, val: dict | None = None, cut: dict | None = None,
            compute: dict | None = None) -> dict:
@@ -224,109 +191,6 @@ def record(state: RunState, stage: Stage, val: dict | None = None, cut: dict | N
     log.info("%s: test mIoU %.4f | params %s | MACs %.3g | units off %.1f%%", name, metrics["miou"],
              f"{metrics['params']:,}", metrics["macs"], 100 * metrics["units_off"])
     return metrics
-
-
-def kept_cost(state: RunState, off: dict | None = None) -> float:
-    """Fraction of the current cost left if the switched-off units (or ``off``) were removed."""
-    s = state.schedule
-    return cost_if_pruned(state.model, state.constraint.layers, state.constraint.eps, s.budget_on, state.c_in,
-                          2 * pad_multiple(state.model), state.data.full_size, s.min_channels, off)
-
-
-def unit_scores(state: RunState) -> dict:
-    """{layer: (U,) importance} of the current model under schedule.importance."""
-    s, layers = state.schedule, state.constraint.layers
-    state.constraint.refresh()  # redundancy on the weights being pruned (the restored best)
-    stats = state.constraint.statistics()
-    if s.importance == "taylor":
-        batches = patch_loader(state.splits["train"], state.process, 8, state.tr.batch_size, state.cfg.seed, 0,
-                               state.device)
-        stats.update(taylor_statistic(state.model, layers, batches, state.loss_fn, state.device))
-    return layer_scores(s.importance, layers, stats, s.seed, state.constraint.measured_on, s.normalize)
-
-
-def prune(state: RunState, stage: Stage) -> dict:
-    """Remove channels to meet ``stage.target``; log widths before and after. With the
-    constraint's budget (target None), the switched-off units go first (no change of
-    function), then, if they were not enough, the least important others.
-
-    Returns {"cut": what the cut did}: the largest absolute change of the logits on a fixed
-    probe (the first two validation images), and how many removed units were live (neither
-    exactly zero nor exactly constant) or constant (folded into consumers: exact away from
-    zero-padded borders)."""
-    s, t0, budget = state.schedule, time.time(), state.budget
-    before, logits = layer_widths(state.model), probe(state.model, state.splits["val"], state.device)
-    cut = {"cut_live_units": 0, "cut_constant_units": 0}
-    target = stage.target or Target(s.budget_on, budget)
-    for t in [Target("threshold"), target] if budget else [target]:
-        if t.mode != "threshold" and budget:
-            dense = state.dense_cost[t.mode]
-            now = model_cost(state.model, t.mode, state.c_in, state.data.full_size)
-            if now <= dense * budget:
-                break
-            t = Target(t.mode, min(1.0, t.keep * dense / now))
-        kinds = {l.name: unit_kinds(l) for l in state.constraint.layers}
-        removed = prune_model(state.model, state.constraint.layers, unit_scores(state), t, state.c_in,
-                              2 * pad_multiple(state.model), state.data.full_size, state.constraint.eps,
-                              s.min_channels, s.round_to, s.min_keep, s.cost_aware)
-        for name, idx in removed.items():
-            cut["cut_live_units"] += int((kinds[name][idx] == 2).sum())
-            cut["cut_constant_units"] += int((kinds[name][idx] == 1).sum())
-        state.constraint.after_surgery(state.model, removed)
-        log.info("%s: removed %d unit channels (%s importance, %s target)", stage.tag(""),
-                 sum(len(c) for c in removed.values()), s.importance, t.mode)
-    after = probe(state.model, state.splits["val"], state.device)
-    cut["cut_logit_change"] = max((float((a - b).abs().max()) for a, b in zip(after, logits)), default=0.0)
-    log.info("%s: the cut changed the probe's logits by at most %.3g (%d live and %d constant units removed)",
-             stage.tag(""), cut["cut_logit_change"], cut["cut_live_units"], cut["cut_constant_units"])
-    log_widths(state, stage.tag(""), before, t0)
-    return {"cut": cut}
-
-
-def unit_kinds(layer) -> torch.Tensor:
-    """(U,) 0 where a unit's output is exactly zero (s_u = 0), 1 exactly constant (gamma_u = 0), 2 live."""
-    kinds = torch.full((layer.size,), 2)
-    if layer.normalised:
-        kinds[(layer.bn.weight.detach() == 0).cpu()] = 1
-    kinds[(layer.norms() == 0).cpu()] = 0
-    return kinds
-
-
-def uniform(state: RunState, stage: Stage) -> None:
-    """Shrink every channel group by one width factor so the model meets ``stage.target``, then
-    give it fresh weights: the ``uniform`` control, a narrower network trained from scratch."""
-    t0 = time.time()
-    before = layer_widths(state.model)
-    factor = shrink_uniformly(state.model, state.constraint.layers, stage.target, state.c_in,
-                              2 * pad_multiple(state.model), state.data.full_size, state.schedule.min_channels)
-    _fresh_weights(state, stage)
-    log.info("%s: every layer at %.3f of its width, trained from scratch", stage.name, factor)
-    log_widths(state, stage.tag(""), before, t0)
-
-
-def _fresh_weights(state: RunState, stage: Stage) -> None:
-    reinitialise(state.model)
-    state.set_model(state.model)
-
-
-@torch.no_grad()
-def reinitialise(model: nn.Module) -> None:
-    """Every layer's default initialisation and fresh BatchNorm statistics, in place."""
-    for m in model.modules():
-        if hasattr(m, "reset_parameters"):
-            m.reset_parameters()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-
-
-def log_widths(state: RunState, tag: str, before: dict, t0: float) -> None:
-    after = layer_widths(state.model)
-    table = "| layer | before | after |\n|---|---|---|\n" + "\n".join(
-        f"| {n} | {before[n]} | {after.get(n, 0)} |" for n in before)
-    state.logger.writer.add_text(f"{tag}/widths", table, state.step)
-    state.logger.scalars(tag, {"surgery_s": time.time() - t0,
-                               "channels_removed": sum(before.values()) - sum(after.values())}, state.step)
-
 
 def dense_from_cache(state: RunState, dense: Stage) -> bool:
     """Copy the dense stage from ``dense_cache`` or train it and store it there; True if trained here."""

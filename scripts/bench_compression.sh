@@ -31,6 +31,12 @@
 #          MobileNetV3-Small, 1.96 M parameters: a Large step costs 2.5 Small steps here; the
 #          GPU tier uses MobileNetV3-Large)
 #   mnv3p  MobileNetV3: jsp, slimming, group_lasso, l1_norm, taylor at 50 % and 25 % of the params
+#   recgrid  recovery's grid, on the first seed at 1 %: jsp fine-tuned with distillation at
+#          alpha 0.5, 0.9 x T 1, 4 (jsp+kd), and with learning-rate rewinding; jsp-report then
+#          chooses each method's setting on validation
+#   rec    recovery at 1 % and 10 %: the dense reference, jsp, jsp with the recovery REC (the
+#          setting recgrid chose, e.g. REC="schedule.distill=0.5 schedule.distill_temperature=4"),
+#          and its architecture from scratch (equal steps) with and without REC's distillation
 # A finished run (metrics.json with "final") is skipped, so the same command continues an
 # interrupted benchmark; a run that another call is running is skipped too (a lock per run),
 # so two calls on one OUT can share the work, e.g. SEEDS 0,1,2 and 2,1,0 on 2 cores with
@@ -86,12 +92,14 @@ model_args() {  # model_args KEY: the overrides of a model key
   esac
 }
 
-compare() {  # compare MODEL SEED METHOD KIND FRACTION: one method at one budget, from the seed's start
-  local key=$1 seed=$2 m=$3 kind=$4 f=$5 target total=$((start_steps + steps + finetune))
+compare() {  # compare MODEL SEED METHOD KIND FRACTION [TAG OVERRIDES...]: one method at one budget, from
+  # the seed's start; with TAG, the OVERRIDES (a recovery setting) apply and the run dir is named by TAG
+  local key=$1 seed=$2 m=$3 kind=$4 f=$5 tag=${6:-} target total=$((start_steps + steps + finetune))
   read -r -a model <<< "$(model_args "$key")"
   one "$out/start/$key/s$seed" "$seed" "${model[@]}" method=dense trainer.steps="$start_steps"
   local from=(init_from="$out/start/$key/s$seed" dense_cache="$out/dense_cache")
-  local dir="$out/$key/${m}_${kind}${f}/s$seed"
+  local dir="$out/$key/${m}_${kind}${f}${tag:+_$tag}/s$seed"
+  model+=("${@:7}")
   case $m in
     dense) one "$out/$key/dense/s$seed" "$seed" "${model[@]}" "${from[@]}" method=dense \
              trainer.steps=$((steps + finetune)) ;;
@@ -121,7 +129,20 @@ part() {  # part NAME SEED
     ctrl) for f in 0.01 0.1 0.0025; do compare unet "$s" uniform params $f; compare unet "$s" scratch params $f; done ;;
     mnv3) compare mnv3 "$s" dense params 1 ;;
     mnv3p) for f in 0.5 0.25; do for m in "${five[@]}"; do compare mnv3 "$s" "$m" params $f; done; done ;;
-    *) echo "bench_compression.sh: unknown part $1 (p01 p10 m05 p01x p01y p10x p0025 m20 ctrl mnv3 mnv3p)" >&2
+    recgrid) [ "$s" = "${seed_list[0]}" ] || return 0
+             compare unet "$s" jsp params 0.01
+             for a in 0.5 0.9; do for t in 1 4; do
+               compare unet "$s" jsp params 0.01 "kd${a}t$t" schedule.distill=$a schedule.distill_temperature=$t
+             done; done
+             compare unet "$s" jsp params 0.01 rewind schedule.finetune_lr=rewind ;;
+    rec) read -r -a rec <<< "${REC:?part rec needs REC, the recovery setting recgrid chose}"
+         local kd=(); for o in "${rec[@]}"; do [[ $o == schedule.distill* ]] && kd+=("$o"); done
+         compare unet "$s" dense params 1
+         for f in 0.01 0.1; do
+           compare unet "$s" jsp params $f; compare unet "$s" jsp params $f rec "${rec[@]}"
+           compare unet "$s" scratch params $f; [ ${#kd[@]} = 0 ] || compare unet "$s" scratch params $f kd "${kd[@]}"
+         done ;;
+    *) echo "bench_compression.sh: unknown part $1 (p01 p10 m05 p01x p01y p10x p0025 m20 ctrl mnv3 mnv3p recgrid rec)" >&2
        exit 2 ;;
   esac
 }

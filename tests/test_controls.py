@@ -12,7 +12,7 @@ from jsp.models.saved import load_model
 from jsp.pipeline import run
 from jsp.pruning import Target, layer_widths
 from jsp.pruning.surgery import shrink_uniformly
-from jsp.stages import reinitialise
+from jsp.cutting import reinitialise
 from tests.conftest import TINY
 
 MODELS = {"unet": lambda: UNet(3, 2, width=16, depth=3),

@@ -1,0 +1,141 @@
+"""The pruning side of a run's stages (jsp/stages.py calls them): the ``prune`` stage with
+the record of what its cut changed, the budget's cost as the controller sees it, its
+deadline (``enforce_budget``), the stage-end ``snap`` that makes switched-off units exact
+zeros before a threshold cut, and the controls' resets (``uniform``, ``fresh_weights``).
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+from torch import nn
+
+from jsp.constraints.units import snap_off
+from jsp.engine.evaluate import probe
+from jsp.engine.runtime import patch_loader
+from jsp.models import pad_multiple
+from jsp.pruning import Stage, Target, cost_if_pruned, layer_scores, layer_widths, prune as prune_model, \
+    taylor_statistic, zero_to_target
+from jsp.pruning.surgery import model_cost, shrink_uniformly
+from jsp.state import RunState
+
+log = logging.getLogger("jsp")
+
+
+def snap(state: RunState, stage: Stage, best: dict) -> dict:
+    """Set the switched-off units of the stage's weights to exact zeros (constants: gamma = 0),
+    so the threshold cut that follows changes no output; re-validate if anything moved."""
+    zeroed, constant = snap_off(state.constraint.layers, state.constraint.eps)
+    if not zeroed and not constant:
+        return best
+    log.info("%s: %d switched-off units set to exactly zero and %d to exactly constant before the cut",
+             stage.name, zeroed, constant)
+    return {**best, **state.eval_on("val").metrics}
+
+def enforce_budget(state: RunState) -> None:
+    """The budget deadline (constraint.budget_deadline): zero what the cut would remove to meet
+    the budget, the switched-off units first, then the least important by schedule.importance."""
+    s, c = state.schedule, state.constraint
+    kept = kept_cost(state)
+    dense, now = state.dense_cost[s.budget_on], model_cost(state.model, s.budget_on, state.c_in, state.data.full_size)
+    target = Target(s.budget_on, min(1.0, state.budget * dense / now))
+    zeroed = zero_to_target(state.model, c.layers, unit_scores(state), target, state.c_in, 2 * pad_multiple(state.model),
+                            state.data.full_size, c.eps, s.min_channels, s.round_to, s.min_keep, s.cost_aware)
+    log.warning("budget deadline: the constraint had reached %.3f of the %s (budget %.3f); %d more units zeroed "
+                "(%s importance), now %.3f", kept, s.budget_on, state.budget, zeroed, s.importance, kept_cost(state))
+
+def kept_cost(state: RunState, off: dict | None = None) -> float:
+    """Fraction of the current cost left if the switched-off units (or ``off``) were removed."""
+    s = state.schedule
+    return cost_if_pruned(state.model, state.constraint.layers, state.constraint.eps, s.budget_on, state.c_in,
+                          2 * pad_multiple(state.model), state.data.full_size, s.min_channels, off)
+
+def unit_scores(state: RunState) -> dict:
+    """{layer: (U,) importance} of the current model under schedule.importance."""
+    s, layers = state.schedule, state.constraint.layers
+    state.constraint.refresh()  # redundancy on the weights being pruned (the restored best)
+    stats = state.constraint.statistics()
+    if s.importance == "taylor":
+        batches = patch_loader(state.splits["train"], state.process, 8, state.tr.batch_size, state.cfg.seed, 0,
+                               state.device)
+        stats.update(taylor_statistic(state.model, layers, batches, state.loss_fn, state.device))
+    return layer_scores(s.importance, layers, stats, s.seed, state.constraint.measured_on, s.normalize)
+
+def prune(state: RunState, stage: Stage) -> dict:
+    """Remove channels to meet ``stage.target``; log widths before and after. With the
+    constraint's budget (target None), the switched-off units go first (no change of
+    function), then, if they were not enough, the least important others.
+
+    Returns {"cut": what the cut did}: the largest absolute change of the logits on a fixed
+    probe (the first two validation images), and how many removed units were live (neither
+    exactly zero nor exactly constant) or constant (folded into consumers: exact away from
+    zero-padded borders)."""
+    s, t0, budget = state.schedule, time.time(), state.budget
+    before, logits = layer_widths(state.model), probe(state.model, state.splits["val"], state.device)
+    cut = {"cut_live_units": 0, "cut_constant_units": 0}
+    target = stage.target or Target(s.budget_on, budget)
+    for t in [Target("threshold"), target] if budget else [target]:
+        if t.mode != "threshold" and budget:
+            dense = state.dense_cost[t.mode]
+            now = model_cost(state.model, t.mode, state.c_in, state.data.full_size)
+            if now <= dense * budget:
+                break
+            t = Target(t.mode, min(1.0, t.keep * dense / now))
+        kinds = {l.name: unit_kinds(l) for l in state.constraint.layers}
+        removed = prune_model(state.model, state.constraint.layers, unit_scores(state), t, state.c_in,
+                              2 * pad_multiple(state.model), state.data.full_size, state.constraint.eps,
+                              s.min_channels, s.round_to, s.min_keep, s.cost_aware)
+        for name, idx in removed.items():
+            cut["cut_live_units"] += int((kinds[name][idx] == 2).sum())
+            cut["cut_constant_units"] += int((kinds[name][idx] == 1).sum())
+        state.constraint.after_surgery(state.model, removed)
+        log.info("%s: removed %d unit channels (%s importance, %s target)", stage.tag(""),
+                 sum(len(c) for c in removed.values()), s.importance, t.mode)
+    after = probe(state.model, state.splits["val"], state.device)
+    cut["cut_logit_change"] = max((float((a - b).abs().max()) for a, b in zip(after, logits)), default=0.0)
+    log.info("%s: the cut changed the probe's logits by at most %.3g (%d live and %d constant units removed)",
+             stage.tag(""), cut["cut_logit_change"], cut["cut_live_units"], cut["cut_constant_units"])
+    log_widths(state, stage.tag(""), before, t0)
+    return {"cut": cut}
+
+def unit_kinds(layer) -> torch.Tensor:
+    """(U,) 0 where a unit's output is exactly zero (s_u = 0), 1 exactly constant (gamma_u = 0), 2 live."""
+    kinds = torch.full((layer.size,), 2)
+    if layer.normalised:
+        kinds[(layer.bn.weight.detach() == 0).cpu()] = 1
+    kinds[(layer.norms() == 0).cpu()] = 0
+    return kinds
+
+def uniform(state: RunState, stage: Stage) -> None:
+    """Shrink every channel group by one width factor so the model meets ``stage.target``, then
+    give it fresh weights: the ``uniform`` control, a narrower network trained from scratch."""
+    t0 = time.time()
+    before = layer_widths(state.model)
+    factor = shrink_uniformly(state.model, state.constraint.layers, stage.target, state.c_in,
+                              2 * pad_multiple(state.model), state.data.full_size, state.schedule.min_channels)
+    fresh_weights(state, stage)
+    log.info("%s: every layer at %.3f of its width, trained from scratch", stage.name, factor)
+    log_widths(state, stage.tag(""), before, t0)
+
+def fresh_weights(state: RunState, stage: Stage) -> None:
+    reinitialise(state.model)
+    state.set_model(state.model)
+
+@torch.no_grad()
+def reinitialise(model: nn.Module) -> None:
+    """Every layer's default initialisation and fresh BatchNorm statistics, in place."""
+    for m in model.modules():
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+
+def log_widths(state: RunState, tag: str, before: dict, t0: float) -> None:
+    after = layer_widths(state.model)
+    table = "| layer | before | after |\n|---|---|---|\n" + "\n".join(
+        f"| {n} | {before[n]} | {after.get(n, 0)} |" for n in before)
+    state.logger.writer.add_text(f"{tag}/widths", table, state.step)
+    state.logger.scalars(tag, {"surgery_s": time.time() - t0,
+                               "channels_removed": sum(before.values()) - sum(after.values())}, state.step)
+
