@@ -95,3 +95,14 @@ def test_slimming_measures_units_without_a_batchnorm_by_their_scale_not_as_zero(
     scores = layer_scores("bn_scale", c.layers, {}, kind=c.measured_on)
     bare = [l.name for l in c.layers if not l.normalised]
     assert bare and all(scores[name].min() > 0.05 for name in bare)
+
+
+def test_measuring_the_budget_leaves_a_training_model_in_training_mode():
+    """Torch-Pruning's trace puts a model in eval mode. The budget controller measures the model
+    it is training every 10 steps; before this was restored, every budget run trained on from
+    its first check with BatchNorm frozen on running statistics, and a resumed run (which
+    calls model.train()) went another way."""
+    m, layers = tiny_unet()
+    m.train()
+    assert cost_if_pruned(m, layers, 0.01, "params", 3, 32, (32, 32)) == 1.0
+    assert m.training and all(mod.training for mod in m.modules())

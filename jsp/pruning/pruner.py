@@ -40,7 +40,14 @@ def groups_of(model: nn.Module, layers: list[UnitLayer], example: torch.Tensor) 
     """Torch-Pruning's channel groups rooted at the unit layers' convolutions, and its graph."""
     unit_convs = {id(l.conv) for l in layers}
     ignored = [m for m in model.modules() if isinstance(m, CONVS) and id(m) not in unit_convs]
-    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    was = model.training
+    try:
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    finally:
+        # Torch-Pruning's trace leaves the model in eval mode; the budget controller builds a
+        # graph of the model it is training, which must go on training (BatchNorm on batch
+        # statistics), and a resumed run, which calls model.train(), would otherwise differ.
+        model.train(was)
     return list(graph.get_all_groups(ignored_layers=ignored, root_module_types=list(CONVS))), graph
 
 
