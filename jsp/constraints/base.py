@@ -200,7 +200,10 @@ class Constraint:
         self._load_budget_state(state)
 
     def _budget_state(self) -> dict:
-        return {} if self.controller is None else {"budget": {k: torch.tensor([v]) for k, v in self.controller.state_dict().items()}}
+        # float64: the factor multiplies every proximal step, and a float32 copy would resume a
+        # different run (its last bits differ from the Python float's)
+        return {} if self.controller is None else {"budget": {k: torch.tensor([v], dtype=torch.float64)
+                                                              for k, v in self.controller.state_dict().items()}}
 
     def _load_budget_state(self, state: dict) -> None:
         if self.controller is not None and "budget" in state:
