@@ -14,10 +14,7 @@ from torch import nn
 from jsp.constraints.units import snap_off
 from jsp.engine.evaluate import probe
 from jsp.engine.runtime import patch_loader
-from jsp.models import pad_multiple
-from jsp.pruning import Stage, Target, cost_if_pruned, layer_scores, layer_widths, prune as prune_model, \
-    taylor_statistic, zero_to_target
-from jsp.pruning.surgery import model_cost, shrink_uniformly
+from jsp.pruning import PruneSettings, Pruner, Stage, Target, layer_scores, layer_widths, taylor_statistic
 from jsp.state import RunState
 
 log = logging.getLogger("jsp")
@@ -33,23 +30,25 @@ def snap(state: RunState, stage: Stage, best: dict) -> dict:
              stage.name, zeroed, constant)
     return {**best, **state.eval_on("val").metrics}
 
-def enforce_budget(state: RunState) -> None:
+
+def pruner_of(state: RunState) -> Pruner:
+    """A Pruner for the run's model as it is now, with the schedule's settings."""
+    s = state.schedule
+    settings = PruneSettings(state.constraint.eps, s.min_channels, s.min_keep, s.round_to, s.cost_aware)
+    return Pruner(state.model, state.constraint.layers, state.c_in, state.data.full_size, settings)
+
+
+def enforce_budget(state: RunState, pruner: Pruner) -> None:
     """The budget deadline (constraint.budget_deadline): zero what the cut would remove to meet
     the budget, the switched-off units first, then the least important by schedule.importance."""
-    s, c = state.schedule, state.constraint
-    kept = kept_cost(state)
-    dense, now = state.dense_cost[s.budget_on], model_cost(state.model, s.budget_on, state.c_in, state.data.full_size)
-    target = Target(s.budget_on, min(1.0, state.budget * dense / now))
-    zeroed = zero_to_target(state.model, c.layers, unit_scores(state), target, state.c_in, 2 * pad_multiple(state.model),
-                            state.data.full_size, c.eps, s.min_channels, s.round_to, s.min_keep, s.cost_aware)
-    log.warning("budget deadline: the constraint had reached %.3f of the %s (budget %.3f); %d more units zeroed "
-                "(%s importance), now %.3f", kept, s.budget_on, state.budget, zeroed, s.importance, kept_cost(state))
-
-def kept_cost(state: RunState, off: dict | None = None) -> float:
-    """Fraction of the current cost left if the switched-off units (or ``off``) were removed."""
     s = state.schedule
-    return cost_if_pruned(state.model, state.constraint.layers, state.constraint.eps, s.budget_on, state.c_in,
-                          2 * pad_multiple(state.model), state.data.full_size, s.min_channels, off)
+    kept = pruner.cost_if_pruned(s.budget_on)
+    target = Target(s.budget_on, min(1.0, state.budget * state.dense_cost[s.budget_on] / pruner.cost(s.budget_on)))
+    zeroed = pruner.zero(unit_scores(state), target)
+    log.warning("budget deadline: the constraint had reached %.3f of the %s (budget %.3f); %d more units zeroed "
+                "(%s importance), now %.3f", kept, s.budget_on, state.budget, zeroed, s.importance,
+                pruner.cost_if_pruned(s.budget_on))
+
 
 def unit_scores(state: RunState) -> dict:
     """{layer: (U,) importance} of the current model under schedule.importance."""
@@ -61,6 +60,7 @@ def unit_scores(state: RunState) -> dict:
                                state.device)
         stats.update(taylor_statistic(state.model, layers, batches, state.loss_fn, state.device))
     return layer_scores(s.importance, layers, stats, s.seed, state.constraint.measured_on, s.normalize)
+
 
 def prune(state: RunState, stage: Stage) -> dict:
     """Remove channels to meet ``stage.target``; log widths before and after. With the
@@ -76,16 +76,14 @@ def prune(state: RunState, stage: Stage) -> dict:
     cut = {"cut_live_units": 0, "cut_constant_units": 0}
     target = stage.target or Target(s.budget_on, budget)
     for t in [Target("threshold"), target] if budget else [target]:
+        pruner = pruner_of(state)  # one per cut: the surgery changes the model
         if t.mode != "threshold" and budget:
-            dense = state.dense_cost[t.mode]
-            now = model_cost(state.model, t.mode, state.c_in, state.data.full_size)
+            dense, now = state.dense_cost[t.mode], pruner.cost(t.mode)
             if now <= dense * budget:
                 break
             t = Target(t.mode, min(1.0, t.keep * dense / now))
         kinds = {l.name: unit_kinds(l) for l in state.constraint.layers}
-        removed = prune_model(state.model, state.constraint.layers, unit_scores(state), t, state.c_in,
-                              2 * pad_multiple(state.model), state.data.full_size, state.constraint.eps,
-                              s.min_channels, s.round_to, s.min_keep, s.cost_aware)
+        removed = pruner.prune(unit_scores(state), t)
         for name, idx in removed.items():
             cut["cut_live_units"] += int((kinds[name][idx] == 2).sum())
             cut["cut_constant_units"] += int((kinds[name][idx] == 1).sum())
@@ -99,6 +97,7 @@ def prune(state: RunState, stage: Stage) -> dict:
     log_widths(state, stage.tag(""), before, t0)
     return {"cut": cut}
 
+
 def unit_kinds(layer) -> torch.Tensor:
     """(U,) 0 where a unit's output is exactly zero (s_u = 0), 1 exactly constant (gamma_u = 0), 2 live."""
     kinds = torch.full((layer.size,), 2)
@@ -107,20 +106,22 @@ def unit_kinds(layer) -> torch.Tensor:
     kinds[(layer.norms() == 0).cpu()] = 0
     return kinds
 
+
 def uniform(state: RunState, stage: Stage) -> None:
     """Shrink every channel group by one width factor so the model meets ``stage.target``, then
     give it fresh weights: the ``uniform`` control, a narrower network trained from scratch."""
     t0 = time.time()
     before = layer_widths(state.model)
-    factor = shrink_uniformly(state.model, state.constraint.layers, stage.target, state.c_in,
-                              2 * pad_multiple(state.model), state.data.full_size, state.schedule.min_channels)
+    factor = pruner_of(state).shrink_uniformly(stage.target)
     fresh_weights(state, stage)
     log.info("%s: every layer at %.3f of its width, trained from scratch", stage.name, factor)
     log_widths(state, stage.tag(""), before, t0)
 
+
 def fresh_weights(state: RunState, stage: Stage) -> None:
     reinitialise(state.model)
     state.set_model(state.model)
+
 
 @torch.no_grad()
 def reinitialise(model: nn.Module) -> None:
@@ -130,6 +131,7 @@ def reinitialise(model: nn.Module) -> None:
             m.reset_parameters()
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.reset_running_stats()
+
 
 def log_widths(state: RunState, tag: str, before: dict, t0: float) -> None:
     after = layer_widths(state.model)

@@ -20,7 +20,7 @@ from torch import nn
 
 from jsp.constraints.base import Scaled
 from jsp.constraints.budget import BudgetController
-from jsp.cutting import enforce_budget, fresh_weights, kept_cost, snap, uniform
+from jsp.cutting import enforce_budget, fresh_weights, pruner_of, snap, uniform
 from jsp.engine import dense_cache
 from jsp.engine.checkpoint import save_state
 from jsp.engine.evaluate import write_per_image
@@ -31,7 +31,7 @@ from jsp.engine.train import Hooks, LoopSettings, Objective, lr_at, train_loop
 from jsp.metrics import cost_report
 from jsp.models.saved import layer_spec, load_model, save_model
 from jsp.models.warm_start import warm_start
-from jsp.pruning import Stage
+from jsp.pruning import Pruner, Stage
 from jsp.recovery import equal_compute_steps, frozen, step_macs
 from jsp.run_config import build
 from jsp.state import RunState
@@ -53,8 +53,9 @@ def train(state: RunState, stage: Stage) -> dict:
     s = loop_settings(state, stage, resume)
     optimizer = build(tr.optimizer)(state.model.parameters())  # per stage: surgery replaced the parameters
     constraint = state.constraint if stage.main else Scaled(state.constraint, stage.constraint_scale)
-    if state.budget and stage.main:
-        attach_controller(state, s, resume)
+    pruner = None
+    if state.budget and stage.main:  # one Pruner (one dependency graph) serves the stage's cost checks
+        pruner = attach_controller(state, s, resume)
     if resume:
         optimizer.load_state_dict(resume["optimizer"])
     batches = patch_loader(state.splits["train"], state.process, stage.steps, tr.batch_size,
@@ -67,7 +68,8 @@ def train(state: RunState, stage: Stage) -> dict:
         metrics = state.eval_on("val").metrics
         if state.constraint.controller is not None and stage.main:
             # Only weights whose zeroed units meet the budget may be handed on.
-            metrics.update(kept_cost=kept_cost(state), eligible=state.constraint.controller.exact)
+            metrics.update(kept_cost=pruner.cost_if_pruned(state.schedule.budget_on),
+                           eligible=state.constraint.controller.exact)
         return metrics
 
     def checkpoint(done: int, best: dict, best_state) -> None:
@@ -89,6 +91,7 @@ def train(state: RunState, stage: Stage) -> dict:
                     "are kept (a lower schedule.finetune_lr_scale may help)", stage.name)
     return {"val": best, "compute": {"train_steps": stage.steps, "train_macs": per_step * stage.steps}}
 
+
 def teacher_of(state: RunState, stage: Stage) -> nn.Module | None:
     """The frozen network a stage distils from (schedule.distill > 0): the network before
     pruning (checkpoints/dense), or for the uniform control, which has none, init_from's."""
@@ -103,6 +106,7 @@ def teacher_of(state: RunState, stage: Stage) -> nn.Module | None:
         state.teacher = frozen(model.to(state.device))
     return state.teacher
 
+
 def scratch_b_steps(state: RunState, per_step: int) -> int:
     """The scratch control's steps at equal compute (schedule.control_compute; recovery.py)."""
     s, tr = state.schedule, state.tr
@@ -112,6 +116,7 @@ def scratch_b_steps(state: RunState, per_step: int) -> int:
                                 per_step)
     log.info("scratch: %d steps cost what the compressed run did (equal compute)", steps)
     return steps
+
 
 def loop_settings(state: RunState, stage: Stage, resume: dict | None) -> LoopSettings:
     tr, steps = state.tr, stage.steps
@@ -123,6 +128,7 @@ def loop_settings(state: RunState, stage: Stage, resume: dict | None) -> LoopSet
                         first_step=state.step - (resume["step"] if resume else 0),
                         validate_start=stage.validate_start, **lr_course(state, stage))
 
+
 def lr_course(state: RunState, stage: Stage) -> dict:
     """A fine-tuning stage's lr course (schedule.finetune_lr); others warm up and decay."""
     shape = state.schedule.finetune_lr if stage.validate_start else "cosine"
@@ -133,19 +139,22 @@ def lr_course(state: RunState, stage: Stage) -> dict:
                                                                                                 tr.steps // 2),
                                                    min_lr_ratio=tr.min_lr_ratio)}
 
-def attach_controller(state: RunState, s: LoopSettings, resume: dict | None) -> None:
-    """The budget controller of the constraint (method.md s.3). Its forecast looks ahead by
-    the learning rate the rest of the stage will apply."""
+
+def attach_controller(state: RunState, s: LoopSettings, resume: dict | None) -> Pruner:
+    """The budget controller of the constraint (method.md s.3), measuring through the returned
+    Pruner. Its forecast looks ahead by the learning rate the rest of the stage will apply."""
     rest = [0.0] * (s.steps + 1)
     for t in range(s.steps - 1, -1, -1):
         rest[t] = rest[t + 1] + lr_at(t, s)
-    c = state.constraint
-    forecast = lambda step: kept_cost(state, c.forecast_off(rest[step + 1]))  # noqa: E731
+    c, pruner, mode = state.constraint, pruner_of(state), state.schedule.budget_on
+    forecast = lambda step: pruner.cost_if_pruned(mode, c.forecast_off(rest[step + 1]))  # noqa: E731
     c.controller = BudgetController(state.budget, forecast, s.steps, c.budget_every, ramp=c.budget_ramp,
-                                    actual=lambda: kept_cost(state), deadline=c.budget_deadline,
-                                    enforce=lambda: enforce_budget(state))
+                                    actual=lambda: pruner.cost_if_pruned(mode), deadline=c.budget_deadline,
+                                    enforce=lambda: enforce_budget(state, pruner))
     if resume:
         c.load_state_dict(resume["constraint"])
+    return pruner
+
 
 def take_resume_state(state: RunState, name: str) -> dict | None:
     """The interrupted training state of stage ``name``, loaded into model and constraint."""
@@ -159,6 +168,7 @@ def take_resume_state(state: RunState, name: str) -> dict | None:
     state.goto(saved["global_step"])
     log.info("resume: %s continues at step %d", name, saved["step"])
     return saved
+
 
 def record(state: RunState, stage: Stage, val: dict | None = None, cut: dict | None = None,
            compute: dict | None = None) -> dict:
@@ -191,6 +201,7 @@ def record(state: RunState, stage: Stage, val: dict | None = None, cut: dict | N
     log.info("%s: test mIoU %.4f | params %s | MACs %.3g | units off %.1f%%", name, metrics["miou"],
              f"{metrics['params']:,}", metrics["macs"], 100 * metrics["units_off"])
     return metrics
+
 
 def dense_from_cache(state: RunState, dense: Stage) -> bool:
     """Copy the dense stage from ``dense_cache`` or train it and store it there; True if trained here."""

@@ -11,7 +11,7 @@ from jsp.models import SMPModel, UNet
 from jsp.models.saved import load_model
 from jsp.pipeline import run
 from jsp.pruning import Target, layer_widths
-from jsp.pruning.surgery import shrink_uniformly
+from jsp.pruning import shrink_uniformly
 from jsp.cutting import reinitialise
 from tests.conftest import TINY
 

@@ -89,16 +89,18 @@ class ChannelGroups:
     ``cost_aware``: "params" or "macs" divides each channel's importance by the cost its
     removal saves (relative to the mean channel cost), so budgets favour cheap importance
     (method.md s.4); None ranks by importance alone. ``off``: {layer: (U,) bool} switched-off
-    units (default: ``UnitLayer.off(eps)``).
+    units (default: ``UnitLayer.off(eps)``). ``built``: the (groups, graph) of ``groups_of``
+    for the model as it is now, so a Pruner's one graph serves every call.
     """
 
     def __init__(self, model: nn.Module, layers: list[UnitLayer], scores: dict[str, torch.Tensor],
                  in_channels: int, size: int, eps: float = 0.01, cost_aware: str | None = None,
-                 off: dict[str, torch.Tensor] | None = None):
+                 off: dict[str, torch.Tensor] | None = None, built: tuple | None = None):
         self.example_shape = (1, in_channels, size, size)
         param = next(model.parameters())
         example = torch.zeros(self.example_shape, device=param.device, dtype=param.dtype)
-        groups, graph = self.groups, self.graph = groups_of(model, layers, example)  # reused by the surgery
+        # (groups, graph): ``built`` (a Pruner's, for this model as it is now) or traced here
+        groups, graph = self.groups, self.graph = built or groups_of(model, layers, example)
         pixels = _spatial_sizes(model, example) if cost_aware == "macs" else {}
         by_conv = {id(l.conv): l for l in layers}
         off_of = {l.name: (l.off(eps) if off is None else off[l.name]).cpu() for l in layers}

@@ -1,19 +1,18 @@
-"""Removing channels: the surgery itself, folding constant units into their consumers, the
-budget search (``MetaProbe``: one dependency graph per search), and ``prune``, the one call
-that does all three (shaped like Torch-Pruning's ``pruner.step()``).
+"""Removing channels: the surgery itself, folding constant units into their consumers,
+zeroing units in place, and costing candidates on a meta-device copy (``MetaProbe``: one
+dependency graph per copy). ``jsp.pruning.base.Pruner`` puts them together.
 """
 from __future__ import annotations
 
 import copy
 import logging
-import math
 
 import torch
 from torch import nn
 
 from jsp.constraints.units import CONVS, UnitLayer
 from jsp.metrics.cost import count_macs, count_params
-from jsp.pruning.pruner import ChannelGroups, Target, groups_of
+from jsp.pruning.pruner import ChannelGroups, groups_of
 
 log = logging.getLogger("jsp")
 
@@ -182,98 +181,3 @@ def zero_channels(layers: list[UnitLayer], groups: ChannelGroups, chosen: list[l
             zeroed += int((mask & (layer.norms().cpu() > 0)).sum())
             layer.zero_(mask)
     return zeroed
-
-
-def choose_channels(model: nn.Module, layers: list[UnitLayer], groups: ChannelGroups, target: Target,
-                    full_size: tuple[int, int], min_channels: int = 1, round_to: int = 1,
-                    min_keep: float = 0.0) -> list[list[int]]:
-    """Choose the channels to remove so the pruned model meets ``target``.
-
-    For params / MACs: the largest removal whose pruned model keeps at most ``keep`` of the
-    current cost (binary search over k; each k is checked by surgery on a meta-device copy).
-    """
-    select = lambda k: groups.select(k, min_channels, round_to, min_keep)  # noqa: E731
-    if target.mode == "threshold":
-        return select(None)
-    in_channels = groups.example_shape[1]
-    budget = target.keep * model_cost(model, target.mode, in_channels, full_size)
-    probe = MetaProbe(model, layers, groups.example_shape, in_channels, full_size)
-    cost_after = lambda k: probe.cost(select(k), target.mode)  # noqa: E731
-
-    lo, hi = 0, groups.total()  # cost_after(lo) > budget unless nothing needs removing
-    if cost_after(lo) <= budget:
-        return select(0)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if cost_after(mid) <= budget:
-            hi = mid
-        else:
-            lo = mid
-    return select(hi)
-
-
-def cost_if_pruned(model: nn.Module, layers: list[UnitLayer], eps: float, mode: str, in_channels: int,
-                   size: int, full_size: tuple[int, int], min_channels: int = 1,
-                   off: dict[str, torch.Tensor] | None = None) -> float:
-    """Fraction of ``model``'s cost (params or MACs) left if its switched-off units (or those
-    flagged in ``off``, {layer: (U,) bool}) were removed (what the budget controller steers)."""
-    with torch.enable_grad():  # Torch-Pruning traces the graph through autograd
-        return _cost_if_pruned(model, layers, eps, mode, in_channels, size, full_size, min_channels, off)
-
-
-def _cost_if_pruned(model, layers, eps, mode, in_channels, size, full_size, min_channels, off) -> float:
-    groups = ChannelGroups(model, layers, {l.name: torch.ones(l.size) for l in layers}, in_channels, size, eps,
-                           off=off)
-    clone, mapped = meta_copy(model, layers)
-    remove_channels(clone, mapped, groups.select(None, min_channels), groups.example_shape, fold=False)
-    return model_cost(clone, mode, in_channels, full_size) / model_cost(model, mode, in_channels, full_size)
-
-
-def prune(model: nn.Module, layers: list[UnitLayer], scores: dict[str, torch.Tensor], target: Target,
-          in_channels: int, size: int, full_size: tuple[int, int], eps: float = 0.01, min_channels: int = 1,
-          round_to: int = 1, min_keep: float = 0.0, cost_aware: str | None = None) -> dict[str, list[int]]:
-    """Rank, choose and remove channels of ``model`` in place to meet ``target``.
-
-    scores: {layer name: (U,) importance}; size: side of the square trace input.
-    Returns {unit layer name: removed output-channel indices}.
-    """
-    groups = ChannelGroups(model, layers, scores, in_channels, size, eps, cost_aware)
-    chosen = choose_channels(model, layers, groups, target, full_size, min_channels, round_to, min_keep)
-    return remove_channels(model, layers, chosen, groups.example_shape, built=(groups.groups, groups.graph))
-
-
-def zero_to_target(model: nn.Module, layers: list[UnitLayer], scores: dict[str, torch.Tensor], target: Target,
-                   in_channels: int, size: int, full_size: tuple[int, int], eps: float = 0.01, min_channels: int = 1,
-                   round_to: int = 1, min_keep: float = 0.0, cost_aware: str | None = None) -> int:
-    """Zero in place (``zero_channels``) what ``prune`` would remove to meet ``target``, the
-    switched-off channels first, then the least important. Arguments as ``prune``'s. Returns
-    the number of units that were not zero before."""
-    groups = ChannelGroups(model, layers, scores, in_channels, size, eps, cost_aware)
-    for s, off in zip(groups.scores, groups.off):
-        s[off] = -math.inf
-    chosen = choose_channels(model, layers, groups, target, full_size, min_channels, round_to, min_keep)
-    return zero_channels(layers, groups, chosen)
-
-
-def shrink_uniformly(model: nn.Module, layers: list[UnitLayer], target: Target, in_channels: int, size: int,
-                     full_size: tuple[int, int], min_channels: int = 1) -> float:
-    """Keep the first ceil(f * n) channels of every group, f the largest width factor (found by
-    bisection) whose model meets ``target`` (params or MACs). Returns f."""
-    groups = ChannelGroups(model, layers, {l.name: torch.ones(l.size) for l in layers}, in_channels, size)
-    base = model_cost(model, target.mode, in_channels, full_size)
-
-    def chosen(f):
-        keep = [min(n, max(min_channels, math.ceil(f * n))) for n in groups.sizes]
-        return [list(range(k, n)) for k, n in zip(keep, groups.sizes)]
-
-    probe = MetaProbe(model, layers, groups.example_shape, in_channels, full_size)
-    cost = lambda f: probe.cost(chosen(f), target.mode) / base  # noqa: E731
-
-    lo, hi = 0.0, 1.0  # cost(lo) <= keep < cost(hi) (unless keep = 1)
-    if cost(hi) <= target.keep:
-        return 1.0
-    for _ in range(30):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if cost(mid) <= target.keep else (lo, mid)
-    remove_channels(model, layers, chosen(lo), groups.example_shape, fold=False, built=(groups.groups, groups.graph))
-    return lo
