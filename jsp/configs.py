@@ -7,10 +7,14 @@ is used (the classes the config builds).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import inspect
+import typing
+from dataclasses import dataclass, field, make_dataclass
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
+
+from jsp.pruning.schedule import Schedule
 
 
 @dataclass
@@ -35,28 +39,26 @@ class TrainerConfig:
     loss: Any = field(default_factory=dict)
 
 
-@dataclass
-class ScheduleConfig:
-    _target_: str = "jsp.pruning.Schedule"
-    rounds: int = 1
-    importance: str = "jsp"
-    keep_params: Optional[float] = None
-    keep_macs: Optional[float] = None
-    min_channels: int = 2
-    min_keep: float = 0.0
-    normalize: str = "max"
-    cost_aware: Optional[str] = None
-    budget_on: str = "params"
-    round_to: int = 1
-    finetune_steps: int = 300
-    finetune_lr_scale: float = 1.0
-    constraint_scale: float = 0.0
-    control_steps: Optional[int] = None
-    seed: int = 0
-    distill: float = 0.0
-    distill_temperature: float = 1.0
-    finetune_lr: str = "cosine"
-    control_compute: bool = False
+def schema_of(cls: type, target: str) -> type:
+    """The structured config of ``cls``: a dataclass with ``_target_`` and every keyword of
+    ``cls.__init__`` with its type and default, so a setting is declared once, in the
+    signature (typos and wrong types still fail at compose time)."""
+    hints = typing.get_type_hints(cls.__init__)
+    fields = [("_target_", str, field(default=target))]
+    for name, p in inspect.signature(cls.__init__).parameters.items():
+        if name == "self":
+            continue
+        kind = hints.get(name, Any)
+        args = typing.get_args(kind)
+        if type(None) in args:  # OmegaConf spells "X | None" as Optional[X]
+            others = [a for a in args if a is not type(None)]
+            kind = Optional[others[0]] if len(others) == 1 else Any
+        fields.append((name, kind, field(default=p.default)))
+    return make_dataclass(f"{cls.__name__}Config", fields)
+
+
+#: schedule=...: the keywords of jsp.pruning.Schedule (its docstring says what each means)
+ScheduleConfig = schema_of(Schedule, "jsp.pruning.Schedule")
 
 
 @dataclass
