@@ -34,9 +34,11 @@
 #   recgrid  recovery's grid, on the first seed at 1 %: jsp fine-tuned with distillation at
 #          alpha 0.5, 0.9 x T 1, 4 (jsp+kd), and with learning-rate rewinding; jsp-report then
 #          chooses each method's setting on validation
-#   rec    recovery at 1 % and 10 %: the dense reference, jsp, jsp with the recovery REC (the
-#          setting recgrid chose, e.g. REC="schedule.distill=0.5 schedule.distill_temperature=4"),
-#          and its architecture from scratch (equal steps) with and without REC's distillation
+#   recbase  recovery's baselines at 1 % and 10 %: the dense reference, jsp, and jsp's
+#          architecture from scratch (equal steps)
+#   rec    at 1 % and 10 %: jsp with the recovery REC (the setting recgrid chose, e.g.
+#          REC="schedule.distill=0.5 schedule.distill_temperature=4"), and jsp's architecture
+#          from scratch distilled as REC distils
 # A finished run (metrics.json with "final") is skipped, so the same command continues an
 # interrupted benchmark; a run that another call is running is skipped too (a lock per run),
 # so two calls on one OUT can share the work, e.g. SEEDS 0,1,2 and 2,1,0 on 2 cores with
@@ -135,14 +137,15 @@ part() {  # part NAME SEED
                compare unet "$s" jsp params 0.01 "kd${a}t$t" schedule.distill=$a schedule.distill_temperature=$t
              done; done
              compare unet "$s" jsp params 0.01 rewind schedule.finetune_lr=rewind ;;
+    recbase) compare unet "$s" dense params 1
+             for f in 0.01 0.1; do compare unet "$s" jsp params $f; compare unet "$s" scratch params $f; done ;;
     rec) read -r -a rec <<< "${REC:?part rec needs REC, the recovery setting recgrid chose}"
          local kd=(); for o in "${rec[@]}"; do [[ $o == schedule.distill* ]] && kd+=("$o"); done
-         compare unet "$s" dense params 1
          for f in 0.01 0.1; do
-           compare unet "$s" jsp params $f; compare unet "$s" jsp params $f rec "${rec[@]}"
-           compare unet "$s" scratch params $f; [ ${#kd[@]} = 0 ] || compare unet "$s" scratch params $f kd "${kd[@]}"
+           compare unet "$s" jsp params $f rec "${rec[@]}"
+           [ ${#kd[@]} = 0 ] || compare unet "$s" scratch params $f kd "${kd[@]}"
          done ;;
-    *) echo "bench_compression.sh: unknown part $1 (p01 p10 m05 p01x p01y p10x p0025 m20 ctrl mnv3 mnv3p recgrid rec)" >&2
+    *) echo "bench_compression.sh: unknown part $1 (p01 p10 m05 p01x p01y p10x p0025 m20 ctrl mnv3 mnv3p recgrid recbase rec)" >&2
        exit 2 ;;
   esac
 }
