@@ -19,16 +19,9 @@ from omegaconf.errors import OmegaConfBaseException
 from jsp import configs  # noqa: F401  (registers the typed schemas before any compose)
 from jsp.errors import JSPError
 from jsp.plugins import register_configs
+from jsp.registry import conf_dir
 
-def _conf_dir() -> str:
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "conf", here.parent / "conf"):  # installed wheel, then source checkout
-        if (candidate / "train.yaml").is_file():
-            return str(candidate)
-    return str(here.parent / "conf")  # Hydra then says the primary config directory is missing
-
-
-CONF_DIR = _conf_dir()
+CONF_DIR = str(conf_dir())
 log = logging.getLogger("jsp")
 # Installed plug-ins become config options (model=KEY, dataset=KEY, constraint=KEY) beside ours.
 register_configs({g: {p.stem for p in (Path(CONF_DIR) / g).glob("*.yaml")} for g in ("model", "dataset", "constraint")})

@@ -10,8 +10,13 @@ Hydra config, which key and arguments rebuild it.
 """
 from __future__ import annotations
 
+import collections.abc
+import functools
+import inspect
 import re
+import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from jsp.errors import JSPError
@@ -78,70 +83,88 @@ class Entry:
     plugin: dict | None = None      # {"package", "version"} of a plug-in's entry (jsp/plugins.py)
 
 
-def _models() -> dict[str, Entry]:
-    from jsp.models.smp_models import MOBILENETV3, SMPModel, mobilenetv3
-    from jsp.models.unet import UNet
-
-    common = {"in_channels": Arg(int, 1, 64), "num_classes": Arg(int, 1, 1024)}
-    name = Arg(str, pattern=r"[A-Za-z0-9_.-]{1,64}")
-    return {
-        "unet": Entry(UNet, ("jsp.models.UNet", "jsp.models.unet.UNet"),
-                      {**common, "width": Arg(int, 1, 4096), "depth": Arg(int, 1, 8)}),
-        "mobilenetv3": Entry(mobilenetv3, ("jsp.models.mobilenetv3", "jsp.models.smp_models.mobilenetv3"),
-                             {**common, "variant": Arg(str, choices=tuple(MOBILENETV3)),
-                              "decoder_channels": Arg(int, 1, 8192, is_list=True)}),
-        "smp": Entry(SMPModel, ("jsp.models.SMPModel", "jsp.models.smp_models.SMPModel"),
-                     {**common, "arch": name, "encoder": name, "encoder_depth": Arg(int, 1, 6),
-                      "decoder_channels": Arg(int, 1, 8192, is_list=True, optional=True)}),
-    }
-
-
-def _datasets() -> dict[str, Entry]:
-    import jsp.data as d
-
-    root, count = Arg(str), Arg(int, 0, 100_000)
-    fraction, scale = Arg(float, 0.0, 1.0), Arg(float, 1e-3, 16.0)
-    names = Arg(str, is_list=True, optional=True, max_len=1024)
-    return {
-        "drive": Entry(d.load_drive, ("jsp.data.load_drive",), {"root": root, "val_count": count}),
-        "chase_db1": Entry(d.load_chase_db1, ("jsp.data.load_chase_db1",),
-                           {"root": root, "train_count": count, "val_count": count}),
-        "stare": Entry(d.load_stare, ("jsp.data.load_stare",),
-                       {"root": root, "train_count": count, "val_count": count}),
-        "hrf": Entry(d.load_hrf, ("jsp.data.load_hrf",),
-                     {"root": root, "scale": scale, "train_count": count, "val_count": count}),
-        "camvid": Entry(d.load_camvid, ("jsp.data.load_camvid",),
-                        {"root": root, "scale": scale, "class_names": names, "ignore_index": Arg(int, 0, 65535)}),
-        "folder": Entry(d.load_folder, ("jsp.data.load_folder",),
-                        {"root": root, "num_classes": Arg(int, 1, 1024), "ignore_index": Arg(int, 0, 65535, optional=True),
-                         "class_names": names, "val_fraction": fraction, "test_fraction": fraction,
-                         "seed": Arg(int, 0, 2**32 - 1), "scale": scale}),
-        "synthetic": Entry(d.make_synthetic, ("jsp.data.make_synthetic",),
-                           {"seed": Arg(int, 0, 2**32 - 1), "image_size": Arg(int, 16, 2048),
-                            "num_train": Arg(int, 1, 10_000), "num_val": Arg(int, 1, 10_000),
-                            "num_test": Arg(int, 1, 10_000)}),
-    }
-
-
 # How a model turns images into tensors: a declarative spec, checked like the arguments.
 PROCESS = {"channels": Arg(str, choices=("rgb", "green")), "clahe": Arg(bool),
            "patch_size": Arg(int, 8, 8192), "augment": Arg(bool)}
 
-_TABLES: dict[str, Callable[[], dict[str, Entry]]] = {"model": _models, "dataset": _datasets}
+def conf_dir() -> Path:
+    """jsp's config folder: ``jsp/conf`` in an installed wheel, the checkout's ``conf/`` otherwise."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parent / "conf"):  # installed wheel, then source checkout
+        if (candidate / "train.yaml").is_file():
+            return candidate
+    return here.parent / "conf"  # Hydra then says the primary config directory is missing
+
+
+#: what jsp passes to every model, and the range a file may ask for
+MODEL_INPUTS = {"in_channels": (1, 64), "num_classes": (1, 1024)}
 _BOUNDS = {int: (-2**31, 2**31), float: (-1e12, 1e12)}
 
 
-def _arg_of(default: Any, bounds: tuple | None) -> Arg | None:
-    """The Arg a plug-in's keyword with this default accepts (None: not a JSON scalar or list)."""
-    if isinstance(default, list):
-        kinds = {type(v) for v in default} or {float}
-        kind = kinds.pop() if len(kinds) == 1 else float
-        return Arg(kind, *(bounds or _BOUNDS.get(kind, (None, None))), is_list=True, max_len=64) \
-            if kind in (int, float, str, bool) else None
-    if default is None:
-        return Arg(str, optional=True)
-    kind = type(default)
-    return Arg(kind, *(bounds or _BOUNDS.get(kind, (None, None)))) if kind in (int, float, str, bool) else None
+def _kind_of(annotation: Any, default: Any) -> tuple[Any, bool, bool]:
+    """(scalar type, is a list, None allowed) of a keyword, from its annotation or its default."""
+    optional = default is None
+    args = typing.get_args(annotation)
+    if type(None) in args:
+        others = [a for a in args if a is not type(None)]
+        optional, annotation = True, others[0]
+        args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (list, tuple, collections.abc.Sequence):
+        return (args[0] if args else float), True, optional
+    if annotation in (int, float, str, bool):
+        return annotation, False, optional
+    if isinstance(default, (list, tuple)):
+        kinds = {type(v) for v in default}
+        return (kinds.pop() if len(kinds) == 1 else float), True, optional
+    return (type(default) if default is not None else str), False, optional
+
+
+def _arg(scalar: type, is_list: bool, optional: bool, spec: Any) -> Arg:
+    """spec: (low, high), a tuple of choices, a regex for strings, or None (the type's bounds)."""
+    if isinstance(spec, str):
+        return Arg(scalar, pattern=spec, is_list=is_list, optional=optional, max_len=64 if is_list else 16)
+    if isinstance(spec, tuple) and spec and isinstance(spec[0], str):
+        return Arg(scalar, choices=spec, is_list=is_list, optional=optional, max_len=64 if is_list else 16)
+    low, high = spec if isinstance(spec, tuple) else _BOUNDS.get(scalar, (None, None))
+    return Arg(scalar, low, high, is_list=is_list, optional=optional, max_len=64 if is_list else 16)
+
+
+def args_of(obj: Callable, kind: str) -> dict[str, Arg]:
+    """The arguments a file may give the builder ``obj``: its keywords but NOT_RECORDED, typed
+    by its annotations (or defaults), in the ranges its ``jsp_ranges`` attribute declares
+    ({name: (low, high) | a tuple of choices | a regex | an Arg}; numbers otherwise within
+    +-2^31). Declared once, beside the code; plug-ins declare theirs the same way."""
+    init = obj.__init__ if isinstance(obj, type) else obj
+    hints, params = typing.get_type_hints(init), inspect.signature(init).parameters
+    ranges = {**(MODEL_INPUTS if kind == "model" else {}), **(getattr(obj, "jsp_ranges", None) or {})}
+    out = {}
+    for name, p in params.items():
+        if name == "self" or name in NOT_RECORDED or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        if isinstance(ranges.get(name), Arg):
+            out[name] = ranges[name]
+            continue
+        scalar, is_list, optional = _kind_of(hints.get(name), None if p.default is p.empty else p.default)
+        if scalar in (int, float, str, bool):  # anything else is no JSON value: a file cannot set it
+            out[name] = _arg(scalar, is_list, optional, ranges.get(name))
+    return out
+
+
+@functools.cache
+def _own(kind: str) -> dict[str, Entry]:
+    """jsp's own builders of ``kind``: one per YAML of conf/<kind>/, its stem the key and its
+    ``_target_`` the builder, so a new one is its code and its YAML. The YAMLs ship with jsp
+    (trusted); a file only ever names one of these keys, never a target."""
+    import yaml
+    from hydra.utils import get_object
+
+    out = {}
+    for path in sorted((conf_dir() / kind).glob("*.yaml")):
+        target = (yaml.safe_load(path.read_text()) or {}).get("_target_")
+        if target:
+            obj = get_object(target)
+            out[path.stem] = Entry(obj, (target, f"{obj.__module__}.{obj.__qualname__}"), args_of(obj, kind))
+    return out
 
 
 def _plugin_entries(kind: str) -> dict[str, Entry]:
@@ -152,18 +175,15 @@ def _plugin_entries(kind: str) -> dict[str, Entry]:
     out = {}
     for key, plugin in plugins(kind).items():
         obj = plugin.load()
-        ranges = getattr(obj, "jsp_ranges", {}) or {}
-        args = {k: a for k, v in signature_defaults(obj).items() if (a := _arg_of(v, ranges.get(k))) is not None}
-        if kind == "model":
-            args.update({"in_channels": Arg(int, 1, 64), "num_classes": Arg(int, 1, 1024)})
-        out[key] = Entry(obj, (plugin.target,), args, plugin.record())
+        signature_defaults(obj)  # refuses a plug-in whose settings lack defaults
+        out[key] = Entry(obj, (plugin.target,), args_of(obj, kind), plugin.record())
     return out
 
 
 def table(kind: str) -> dict[str, Entry]:
     """The registry of ``kind`` ("model" or "dataset"): key -> Entry; installed plug-ins
     after jsp's own (whose names they cannot take)."""
-    own = _TABLES[kind]()
+    own = _own(kind)
     return {**{k: e for k, e in _plugin_entries(kind).items() if k not in own}, **own}
 
 

@@ -17,11 +17,16 @@ TERMS = {"none": [], "jsp": ["sparse", "redund", "factor"], "jsp_v1": ["sparse",
          "depgraph": ["coupled", "factor"]}
 
 
-def test_every_constraint_option_is_covered():
-    assert {p.stem for p in (Path(CONF_DIR) / "constraint").glob("*.yaml")} == set(TERMS)
+OPTIONS = sorted(p.stem for p in (Path(CONF_DIR) / "constraint").glob("*.yaml"))
 
 
-@pytest.mark.parametrize("name", sorted(TERMS))
+def test_the_term_table_names_only_options_that_exist():
+    """Every constraint YAML runs below; a new one needs no entry here (it logs at least the
+    total and task losses), so adding a constraint is its code and its YAML."""
+    assert set(TERMS) <= set(OPTIONS) and len(OPTIONS) >= 9
+
+
+@pytest.mark.parametrize("name", OPTIONS)
 def test_constraint_runs_end_to_end_and_logs_terms(name, tmp_path):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(config_name="train", overrides=[*TINY, f"constraint={name}", "schedule=none"])
@@ -36,7 +41,7 @@ def test_constraint_runs_end_to_end_and_logs_terms(name, tmp_path):
     acc = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"histograms": 0})
     acc.Reload()
     scalars, histograms = set(acc.Tags()["scalars"]), set(acc.Tags()["histograms"])
-    for term in TERMS[name]:
+    for term in TERMS.get(name, []):
         assert f"train/loss/{term}" in scalars
     assert {"train/loss/total", "train/loss/task", "units/off_fraction"} <= scalars
     assert any(t.startswith("units/off_fraction_layer/") for t in scalars)

@@ -13,6 +13,8 @@ takes the penalty's share back out itself (see jsp.constraints.group.PenaltyReco
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 
@@ -210,8 +212,14 @@ class Constraint:
             self.controller.load_state_dict({k: float(v.reshape(-1)[0]) for k, v in state["budget"].items()})
 
     def settings(self) -> dict:
-        """Hyper-parameters, recorded in metrics.json and the TensorBoard hparams."""
-        return {"eps": self.eps}
+        """Hyper-parameters, recorded in metrics.json and the TensorBoard hparams: every keyword
+        of the constructor as this instance holds it (declared once, in the signature; the
+        Python name ``lam`` is recorded as its YAML key, ``lambda``)."""
+        out = {}
+        for name, p in inspect.signature(type(self).__init__).parameters.items():
+            if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                out["lambda" if name == "lam" else name] = getattr(self, name)
+        return out
 
 
 class Scaled(Constraint):

@@ -82,10 +82,6 @@ class SingleTerm(Constraint):
         super().log_terms(coefs, n)
         self.terms[self.term] = self.terms.pop("penalty")
 
-    def settings(self) -> dict:
-        return {"lambda": self.lam, "eps": self.eps, "update": self.update, "budget": self.budget,
-                "cost_aware": self.cost_aware, "weighting": self.weighting, "budget_deadline": self.budget_deadline}
-
 
 class L1(SingleTerm):
     """L1 on the filter weights."""

@@ -223,10 +223,3 @@ class JSPConstraint(Constraint):
 
     def load_state_dict(self, state: dict) -> None:
         self._align(state)
-
-    def settings(self) -> dict:
-        return {"lambda_s": self.lambda_s, "lambda_r": self.lambda_r, "tau": self.tau, "beta": self.beta,
-                "count_every": self.count_every, "redund_every": self.redund_every, "eps": self.eps,
-                "count_on": self.count_on, "sign": self.sign, "chance": self.chance, "update": self.update,
-                "measure": self.measure, "budget": self.budget, "cost_aware": self.cost_aware,
-                "weighting": self.weighting, "budget_deadline": self.budget_deadline}

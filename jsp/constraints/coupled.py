@@ -155,7 +155,3 @@ class CoupledGroupLasso(Constraint):
             for name, idx, root in units:
                 coupled[name][idx.to(n.device)] = n[root.to(n.device)] / dim ** 0.5
         return {"coupled": coupled}
-
-    def settings(self) -> dict:
-        return {"lambda": self.lam, "eps": self.eps, "update": "prox", "budget": self.budget,
-                "budget_deadline": self.budget_deadline}

@@ -8,6 +8,10 @@ import numpy as np
 from jsp.errors import DatasetError
 
 
+# Ranges a saved model's dataset arguments may take (``jsp_ranges``, checked by jsp.registry).
+COUNT, SCALE, FRACTION, SEED = (0, 100_000), (1e-3, 16.0), (0.0, 1.0), (0, 2**32 - 1)
+
+
 @dataclass
 class Sample:
     """One full image.

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from jsp.data.base import Sample, SegmentationData, check_sample
+from jsp.data.base import COUNT, Sample, SegmentationData, check_sample
 from jsp.data.io import read_image
 from jsp.errors import DatasetError
 
@@ -73,3 +73,6 @@ def load_drive(root: str = "data/DRIVE", val_count: int = 4) -> SegmentationData
     train = train[: len(train) - val_count]
     return SegmentationData(train=train, val=val, test=test, num_classes=2,
                             class_names=["background", "vessel"])
+
+
+load_drive.jsp_ranges = {"val_count": COUNT}

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from jsp.data.base import Sample, SegmentationData, check_sample
+from jsp.data.base import FRACTION, SCALE, SEED, Sample, SegmentationData, check_sample
+from jsp.registry import Arg
 from jsp.data.io import read_image, read_labels, resize
 from jsp.errors import DatasetError
 
@@ -98,3 +99,9 @@ def load_folder(root: str = "data/custom", num_classes: int = 2, ignore_index: i
     if not splits["val"]:
         splits["val"] = splits["train"]  # no validation images: select on the training set
     return SegmentationData(**splits, num_classes=num_classes, class_names=names, ignore_index=ignore_index)
+
+
+_NAMES = Arg(str, is_list=True, optional=True, max_len=1024)
+load_camvid.jsp_ranges = {"scale": SCALE, "class_names": _NAMES, "ignore_index": (0, 65535)}
+load_folder.jsp_ranges = {"num_classes": (1, 1024), "ignore_index": (0, 65535), "class_names": _NAMES,
+                          "val_fraction": FRACTION, "test_fraction": FRACTION, "seed": SEED, "scale": SCALE}

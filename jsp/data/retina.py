@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jsp.data.base import Sample, SegmentationData, check_sample
+from jsp.data.base import COUNT, SCALE, Sample, SegmentationData, check_sample
 from jsp.data.io import cached_fov, read_image, resize, split_train_test
 from jsp.errors import DatasetError
 
@@ -125,3 +125,7 @@ def load_hrf(root: str = "data/HRF", scale: float = 0.25, train_count: int = 15,
         samples.append(_sample(image, label, fov, None, scale))
     train, val, test = split_train_test(samples, train_count, val_count, "HRF")
     return SegmentationData(train, val, test, num_classes=2, class_names=VESSELS)
+
+
+load_chase_db1.jsp_ranges = load_stare.jsp_ranges = {"train_count": COUNT, "val_count": COUNT}
+load_hrf.jsp_ranges = {"scale": SCALE, "train_count": COUNT, "val_count": COUNT}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from jsp.data.base import Sample, SegmentationData
+from jsp.data.base import SEED, Sample, SegmentationData
 
 
 def _smooth_field(rng: np.random.Generator, size: int, cells: int = 4) -> np.ndarray:
@@ -117,3 +117,7 @@ def make_synthetic(
             samples.append(sample)
         splits[split] = samples
     return SegmentationData(**splits, num_classes=2, class_names=["background", "vessel"])
+
+
+make_synthetic.jsp_ranges = {"seed": SEED, "image_size": (16, 2048), "num_train": (1, 10_000),
+                             "num_val": (1, 10_000), "num_test": (1, 10_000)}

@@ -22,6 +22,7 @@ MIN_MATCHED = 0.5  # a weights file that fits fewer of the encoder's tensors is 
 
 # timm's MobileNetV3 through smp's "tu-" (timm universal) encoder bridge.
 MOBILENETV3 = {"large": "tu-mobilenetv3_large_100", "small": "tu-mobilenetv3_small_100"}
+NAME = r"[A-Za-z0-9_.-]{1,64}"  # an smp architecture or encoder name, as a saved model may give it
 
 
 class SMPModel(nn.Module):
@@ -37,6 +38,8 @@ class SMPModel(nn.Module):
 
     forward: (N, in_channels, H, W) -> logits (N, num_classes, H, W).
     """
+
+    jsp_ranges = {"arch": NAME, "encoder": NAME, "encoder_depth": (1, 6), "decoder_channels": (1, 8192)}
 
     def __init__(
         self,
@@ -136,3 +139,6 @@ def load_encoder_weights(encoder: nn.Module, path: str) -> int:
     encoder.load_state_dict(best, strict=False)
     log.info("encoder weights: %d of %d tensors from %s", len(best), len(own), file)
     return len(best)
+
+
+mobilenetv3.jsp_ranges = {"variant": tuple(MOBILENETV3), "decoder_channels": (1, 8192)}

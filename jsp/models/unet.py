@@ -53,6 +53,8 @@ class UNet(nn.Module):
     forward: (N, in_channels, H, W) -> logits (N, num_classes, H, W).
     """
 
+    jsp_ranges = {"width": (1, 4096), "depth": (1, 8)}  # what a saved model may ask for (jsp.registry)
+
     def __init__(self, in_channels: int = 3, num_classes: int = 2, width: int = 64, depth: int = 4):
         super().__init__()
         if width < 1 or depth < 1:
