@@ -34,8 +34,8 @@
 #   recgrid  recovery's grid, on the first seed at 1 %: jsp fine-tuned with distillation at
 #          alpha 0.5, 0.9 x T 1, 4 (jsp+kd), and with learning-rate rewinding; jsp-report then
 #          chooses each method's setting on validation
-#   recbase  recovery's baselines at 1 % and 10 %: the dense reference, jsp, and jsp's
-#          architecture from scratch (equal steps)
+#   recbase  recovery's baselines at 1 % and 10 % (BUDGETS="0.01 0.1"): jsp, jsp's architecture
+#          from scratch (equal steps), the dense reference
 #   rec    at 1 % and 10 %: jsp with the recovery REC (the setting recgrid chose, e.g.
 #          REC="schedule.distill=0.5 schedule.distill_temperature=4"), and jsp's architecture
 #          from scratch distilled as REC distils
@@ -137,11 +137,11 @@ part() {  # part NAME SEED
                compare unet "$s" jsp params 0.01 "kd${a}t$t" schedule.distill=$a schedule.distill_temperature=$t
              done; done
              compare unet "$s" jsp params 0.01 rewind schedule.finetune_lr=rewind ;;
-    recbase) compare unet "$s" dense params 1
-             for f in 0.01 0.1; do compare unet "$s" jsp params $f; compare unet "$s" scratch params $f; done ;;
+    recbase) for f in ${BUDGETS:-0.01 0.1}; do compare unet "$s" jsp params $f; compare unet "$s" scratch params $f; done
+             compare unet "$s" dense params 1 ;;
     rec) read -r -a rec <<< "${REC:?part rec needs REC, the recovery setting recgrid chose}"
          local kd=(); for o in "${rec[@]}"; do [[ $o == schedule.distill* ]] && kd+=("$o"); done
-         for f in 0.01 0.1; do
+         for f in ${BUDGETS:-0.01 0.1}; do
            compare unet "$s" jsp params $f rec "${rec[@]}"
            [ ${#kd[@]} = 0 ] || compare unet "$s" scratch params $f kd "${kd[@]}"
          done ;;
