@@ -79,3 +79,22 @@ def test_the_cpu_tier_gates_mobilenetv3_small_from_its_own_start(tmp_path):
     config = (out / "mnv3" / "dense" / "s0" / ".hydra" / "config.yaml").read_text()
     assert "variant: small" in config  # Large is the GPU tier's: 2.5 times dearer per step on a CPU
     assert not list((out / "mnv3").glob("*_params*"))  # the methods are part mnv3p
+
+
+def test_the_recovery_part_distils_jsp_and_its_scratch_control_as_rec_says(tmp_path):
+    """Part rec: jsp with the chosen recovery (REC), and jsp's architecture from scratch with
+    REC's distillation only; each in its own run dir, from the seed's one start."""
+    root, out = write_drive(tmp_path / "DRIVE", n_train=3, n_test=2, size=(48, 48)), tmp_path / "bench"
+    env = {**os.environ, "EXTRA": TINY, "START_STEPS": "3", "HYDRA_FULL_ERROR": "0", "BUDGETS": "0.01",
+           "REC": "schedule.distill=0.5 schedule.distill_temperature=4 schedule.finetune_lr=rewind",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    done = subprocess.run(["bash", str(REPO / "scripts" / "bench_compression.sh"), "cpu", str(root), str(out), "0",
+                           "rec"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0 and "FAILED" not in done.stdout, done.stdout + done.stderr
+    runs = {p.parent.parent.name: json.loads(p.read_text())["final"] for p in (out / "unet").glob("*/s0/metrics.json")}
+    assert sorted(runs) == ["jsp_params0.01_rec", "scratch_params0.01_kd"]
+    jsp, scratch = runs["jsp_params0.01_rec"]["schedule"], runs["scratch_params0.01_kd"]["schedule"]
+    assert (jsp["distill"], jsp["distill_temperature"], jsp["finetune_lr"]) == (0.5, 4.0, "rewind")
+    assert (scratch["distill"], scratch["distill_temperature"], scratch["finetune_lr"]) == (0.5, 4.0, "cosine")
+    assert runs["scratch_params0.01_kd"]["train_steps"] == 3 + 4 + 2   # equal steps: start + run, from scratch
+    assert "| jsp+kd |" in (out / "summary.md").read_text()
