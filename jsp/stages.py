@@ -93,12 +93,14 @@ def train(state: RunState, stage: Stage) -> dict:
 
 
 def teacher_of(state: RunState, stage: Stage) -> nn.Module | None:
-    """The frozen network a stage distils from (schedule.distill > 0): the network before
-    pruning (checkpoints/dense), or for the uniform control, which has none, init_from's."""
+    """The frozen network a stage distils from (schedule.distill > 0): the dense network the
+    run started from (init_from) when there is one, else the network before pruning
+    (checkpoints/dense). Under a budget met before the cut the latter already computes what
+    the pruned network does, so it has little to teach: distil from a trained start."""
     if not state.schedule.distill or stage.name == "dense":
         return None
     if state.teacher is None:
-        if stage.reset == "uniform":
+        if state.cfg.get("init_from"):
             model = build(state.builder)
             warm_start(model, state.cfg.init_from)
         else:

@@ -75,8 +75,8 @@ class Schedule:
             (init_from) sets it to include that network's training.
         seed: for the ``random`` importance.
         distill: alpha of distillation in every stage after the dense one (fine-tuning, the
-            controls): the loss is (1 - alpha) task + alpha KD from the network before pruning
-            (checkpoints/dense; the uniform control: init_from's network); 0 = off.
+            controls): the loss is (1 - alpha) task + alpha KD from the dense network the run
+            started from (init_from), else from the network before pruning; 0 = off.
         distill_temperature: T of the distillation's softened class distributions.
         finetune_lr: the course of the fine-tuning lr: cosine (warm-up + cosine, at
             finetune_lr_scale x trainer.lr), onecycle, or rewind (the training stage's last
