@@ -4,6 +4,7 @@ jsp-eval and jsp-predict use with nothing edited in jsp; where it is not install
 model that names it is refused in one line (exit 2)."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -19,10 +20,10 @@ TINY = ["trainer.steps=20", "trainer.val_every=10", "schedule.finetune_steps=10"
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    target = tmp_path_factory.mktemp("site")
+    target, source = tmp_path_factory.mktemp("site"), tmp_path_factory.mktemp("src") / "plugin"
+    shutil.copytree(REPO / "examples" / "jsp-example-plugin", source)  # the build writes beside the source
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), str(REPO / "examples" / "jsp-example-plugin")],
-                   check=True, capture_output=True, text=True, timeout=300)
+                    "--target", str(target), str(source)], check=True, capture_output=True, text=True, timeout=300)
     return target
 
 
