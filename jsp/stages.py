@@ -53,9 +53,8 @@ def train(state: RunState, stage: Stage) -> dict:
     s = loop_settings(state, stage, resume)
     optimizer = build(tr.optimizer)(state.model.parameters())  # per stage: surgery replaced the parameters
     constraint = state.constraint if stage.main else Scaled(state.constraint, stage.constraint_scale)
-    pruner = None
-    if state.budget and stage.main:  # one Pruner (one dependency graph) serves the stage's cost checks
-        pruner = attach_controller(state, s, resume)
+    # one Pruner (one dependency graph) serves the stage's cost checks
+    pruner = attach_controller(state, s, resume) if state.budget and stage.main else None
     if resume:
         optimizer.load_state_dict(resume["optimizer"])
     batches = patch_loader(state.splits["train"], state.process, stage.steps, tr.batch_size,
@@ -86,7 +85,7 @@ def train(state: RunState, stage: Stage) -> dict:
         best = snap(state, stage, best)
     checkpoint(stage.steps, best, None)  # stage end: the model now holds the best weights
     log.info("%s: best val mIoU %.4f at step %d", stage.name, best["miou"], best["step"])
-    if stage.validate_start and best["step"] == 0:
+    if stage.validate_start and best["step"] == 0:  # fine-tuning did not help
         log.warning("%s: no fine-tuned checkpoint beat the pruned network on validation; the pruned weights "
                     "are kept (a lower schedule.finetune_lr_scale may help)", stage.name)
     return {"val": best, "compute": {"train_steps": stage.steps, "train_macs": per_step * stage.steps}}

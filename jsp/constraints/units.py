@@ -155,9 +155,8 @@ def find_units(model: nn.Module, in_channels: int | None = None, size: int | Non
             bn_of[src] = module
         keep_alive.append(output)
 
-    handles = [m.register_forward_hook(conv_hook(n)) for n, m in convs]
-    handles += [m.register_forward_hook(bn_hook) for m in model.modules()
-                if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    handles = [m.register_forward_hook(conv_hook(n)) for n, m in convs] + [
+        m.register_forward_hook(bn_hook) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     was_training = model.training
     param = next(model.parameters())
     try:

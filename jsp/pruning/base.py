@@ -164,7 +164,8 @@ def cost_if_pruned(model: nn.Module, layers: list[UnitLayer], eps: float, mode: 
                    full_size: tuple[int, int], min_channels: int = 1,
                    off: dict[str, torch.Tensor] | None = None) -> float:
     """``Pruner.cost_if_pruned``: the fraction of the cost left without the switched-off units."""
-    return Pruner(model, layers, in_channels, full_size, PruneSettings(eps, min_channels), size).cost_if_pruned(mode, off)
+    pruner = Pruner(model, layers, in_channels, full_size, PruneSettings(eps, min_channels), size)
+    return pruner.cost_if_pruned(mode, off)
 
 
 def shrink_uniformly(model: nn.Module, layers: list[UnitLayer], target: Target, in_channels: int, size: int,
