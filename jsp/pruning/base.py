@@ -83,10 +83,8 @@ class Pruner:
     def cost_if_pruned(self, mode: str, off: dict[str, torch.Tensor] | None = None) -> float:
         """Fraction of the current cost left if the switched-off units (or those flagged in
         ``off``, {layer: (U,) bool}) were removed: what the budget controller steers."""
-        groups = ChannelGroups(self.model, self.layers, {l.name: torch.ones(l.size) for l in self.layers},
-                               self.in_channels, self.size, self.settings.eps, None, off, built=self.built)
-        self._check()
-        return self.probe.cost(groups.select(None, self.settings.min_channels), mode) / self.cost(mode)
+        off_channels = self.groups(off=off).select(None, self.settings.min_channels)  # equal scores
+        return self.probe.cost(off_channels, mode) / self.cost(mode)
 
     def choose(self, groups: ChannelGroups, target: Target) -> list[list[int]]:
         """Root channels to remove per group so the model meets ``target``: the switched-off
