@@ -36,6 +36,8 @@
 #          chooses each method's setting on validation
 #   recbase  recovery's baselines at 1 % and 10 % (BUDGETS="0.01 0.1"): jsp, jsp's architecture
 #          from scratch (equal steps), the dense reference
+#   recmeth  at 1 % and 10 % (BUDGETS): the criteria the headline compares jsp with: correlation,
+#          taylor, and jsp's redundancy ablation, each fine-tuned as jsp is (no recovery setting)
 #   rec    at 1 % and 10 %: jsp with the recovery REC (the setting recgrid chose, e.g.
 #          REC="schedule.distill=0.5 schedule.distill_temperature=4"), and jsp's architecture
 #          from scratch distilled as REC distils
@@ -139,13 +141,16 @@ part() {  # part NAME SEED
              compare unet "$s" jsp params 0.01 rewind schedule.finetune_lr=rewind ;;
     recbase) for f in ${BUDGETS:-0.01 0.1}; do compare unet "$s" jsp params $f; compare unet "$s" scratch params $f; done
              compare unet "$s" dense params 1 ;;
+    recmeth) for f in ${BUDGETS:-0.01 0.1}; do
+               for m in correlation taylor redundancy; do compare unet "$s" "$m" params $f; done
+             done ;;
     rec) read -r -a rec <<< "${REC:?part rec needs REC, the recovery setting recgrid chose}"
          local kd=(); for o in "${rec[@]}"; do [[ $o == schedule.distill* ]] && kd+=("$o"); done
          for f in ${BUDGETS:-0.01 0.1}; do
            compare unet "$s" jsp params $f rec "${rec[@]}"
            [ ${#kd[@]} = 0 ] || compare unet "$s" scratch params $f kd "${kd[@]}"
          done ;;
-    *) echo "bench_compression.sh: unknown part $1 (p01 p10 m05 p01x p01y p10x p0025 m20 ctrl mnv3 mnv3p recgrid recbase rec)" >&2
+    *) echo "bench_compression.sh: unknown part $1 (p01 p10 m05 p01x p01y p10x p0025 m20 ctrl mnv3 mnv3p recgrid recbase recmeth rec)" >&2
        exit 2 ;;
   esac
 }
