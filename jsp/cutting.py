@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from jsp.constraints.units import snap_off
+from jsp.engine import distributed
 from jsp.engine.evaluate import probe
 from jsp.engine.runtime import patch_loader
 from jsp.pruning import PruneSettings, Pruner, Stage, Target, layer_scores, layer_widths, taylor_statistic
@@ -55,7 +56,7 @@ def unit_scores(state: RunState) -> dict:
     s, layers = state.schedule, state.constraint.layers
     state.constraint.refresh()  # redundancy on the weights being pruned (the restored best)
     stats = state.constraint.statistics()
-    if s.importance == "taylor":
+    if s.importance == "taylor":  # the same batches on every rank: the same scores
         batches = patch_loader(state.splits["train"], state.process, 8, state.tr.batch_size, state.cfg.seed, 0,
                                state.device)
         stats.update(taylor_statistic(state.model, layers, batches, state.loss_fn, state.device))
@@ -90,6 +91,7 @@ def prune(state: RunState, stage: Stage) -> dict:
         state.constraint.after_surgery(state.model, removed)
         log.info("%s: removed %d unit channels (%s importance, %s target)", stage.tag(""),
                  sum(len(c) for c in removed.values()), s.importance, t.mode)
+    distributed.check_same(layer_widths(state.model), "the widths after pruning")
     after = probe(state.model, state.splits["val"], state.device)
     cut["cut_logit_change"] = max((float((a - b).abs().max()) for a, b in zip(after, logits)), default=0.0)
     log.info("%s: the cut changed the probe's logits by at most %.3g (%d live and %d constant units removed)",

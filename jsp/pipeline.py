@@ -15,6 +15,7 @@ import json
 import logging
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -24,12 +25,12 @@ from jsp.constraints import Constraint
 from jsp.data import prepare
 from jsp.data.io import set_max_pixels
 from jsp.data.transforms import in_channels
-from jsp.engine import preemption
+from jsp.engine import distributed, preemption
 from jsp.engine.checkpoint import load_state
 from jsp.engine.logger import RunLogger, summary_table
 from jsp.engine.resume import clear_preempted, load_constraint_stats, mark_preempted, resuming
 from jsp.engine.runtime import resolve_device, seed_everything
-from jsp.errors import ConfigError
+from jsp.errors import ConfigError, JSPError
 from jsp.files import RunLock, probe_writable
 from jsp.metrics import count_macs, count_params
 from jsp.models.saved import load_model, save_model
@@ -50,22 +51,43 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
     Fails before any work when ``run_dir`` cannot be written or another job holds it; on a stop
     signal the state is saved, the run dir is marked preempted and ``Preempted`` is raised.
     """
-    run_dir = Path(run_dir)
-    probe_writable(run_dir / "checkpoints")
-    with RunLock(run_dir):
-        preemption.install()
+    preemption.install()
+    distributed.start(resolve_device(cfg.trainer.device))  # several processes: join them (else nothing)
+    run_dir = distributed.shared_run_dir(Path(run_dir))
+    with rank0_lock(run_dir):
         try:
             state = setup(cfg, run_dir)
             plan = state.schedule.stages(state.tr.steps, state.control, state.budget)
             for stage in stages_to_run(state, plan):
-                if preemption.requested():  # between stages: everything so far is saved
-                    raise preemption.Preempted(f"stopped before stage {stage.name} on {preemption.requested()}")
+                if preemption.agreed():  # between stages: everything so far is saved
+                    raise preemption.Preempted(f"stopped before stage {stage.name} on {preemption.agreed()}")
                 done = WORK[stage.kind](state, stage)  # {"val": best validation metrics} or {"cut": ...}
                 stages.record(state, stage, **done)
             return finish(state, plan[-1].name)
         except preemption.Preempted:
-            mark_preempted(run_dir, preemption.requested())
+            if distributed.main():
+                mark_preempted(run_dir, preemption.agreed())
             raise
+
+
+@contextmanager
+def rank0_lock(run_dir: Path):
+    """The run-dir lock, held by rank 0 (the only process that writes); a refusal (another job
+    holds it, the dir cannot be written) fails every rank, with rank 0's message."""
+    lock, error = RunLock(run_dir), None
+    if distributed.main():
+        try:
+            probe_writable(run_dir / "checkpoints")
+            lock.__enter__()
+        except JSPError as e:
+            error = e
+    if distributed.broadcast(None if error is None else str(error)) is not None:
+        raise error if error is not None else JSPError(f"rank 0 could not take the run dir {run_dir}")
+    try:
+        yield
+    finally:
+        if lock.held:
+            lock.__exit__(None, None, None)
 
 
 def setup(cfg: DictConfig, run_dir: Path) -> RunState:
@@ -83,8 +105,9 @@ def setup(cfg: DictConfig, run_dir: Path) -> RunState:
 
 def _settings(state: RunState, cfg: DictConfig) -> None:
     state.tr = cfg.trainer
-    state.device = resolve_device(state.tr.device)
+    state.device = distributed.local_device(resolve_device(state.tr.device))
     check_trainer(state.tr)
+    distributed.check_batch(state.tr.batch_size)
     state.constraint = build(cfg.constraint, "constraint")
     if not isinstance(state.constraint, Constraint):  # a plug-in's target must be one
         raise ConfigError(f"constraint: {type(state.constraint).__name__} is not a jsp.constraints.Constraint")
@@ -148,7 +171,8 @@ def _resume(state: RunState, cfg: DictConfig) -> None:
         state.resume_state = load_state(state.ckpt)
     purge = state.resume_state["global_step"] if state.resume_state else max(
         [m.get("global_step", 0) for m in done.values()], default=0)
-    state.logger = RunLogger(run_dir, metrics=done, purge_step=purge if state.resume else None)
+    state.logger = RunLogger(run_dir, metrics=done, purge_step=purge if state.resume else None,
+                             writes=distributed.main())
 
 
 def stages_to_run(state: RunState, plan: list) -> list:
@@ -180,14 +204,18 @@ def finish(state: RunState, last: str) -> dict:
     run_dir = state.run_dir
     final = {**state.logger.metrics[last], "time_s": time.time() - state.t_start, "provenance": state.provenance}
     state.logger.stage("final", final)
-    save_model(run_dir / "checkpoints" / "final", state.model, state.architecture, **state.model_info("final", final))
-    per_image = run_dir / "checkpoints" / last / "per_image.csv"
-    if per_image.is_file():  # absent only for a stage copied from a dense cache of an older version
-        shutil.copyfile(per_image, run_dir / "checkpoints" / "final" / "per_image.csv")
+    if distributed.main():
+        save_model(run_dir / "checkpoints" / "final", state.model, state.architecture,
+                   **state.model_info("final", final))
+        per_image = run_dir / "checkpoints" / last / "per_image.csv"
+        if per_image.is_file():  # absent only for a stage copied from a dense cache of an older version
+            shutil.copyfile(per_image, run_dir / "checkpoints" / "final" / "per_image.csv")
     picked = choices(state.cfg)
     state.logger.hparams({**picked, **config_hparams(state.cfg)}, final)
     state.logger.config_text(OmegaConf.to_yaml(state.cfg), state.step)
     state.logger.close()
-    clear_preempted(run_dir)
+    if distributed.main():
+        clear_preempted(run_dir)
+    distributed.barrier()  # every rank returns once rank 0 has written everything
     log.info("\n" + summary_table(state.logger.metrics, run_dir, picked))
     return state.logger.metrics

@@ -12,7 +12,9 @@ The loop (jsp/engine/train.py) and the surgery (jsp/pruning) they call take plai
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
@@ -21,7 +23,7 @@ from torch import nn
 from jsp.constraints.base import Scaled
 from jsp.constraints.budget import BudgetController
 from jsp.cutting import enforce_budget, fresh_weights, pruner_of, snap, uniform
-from jsp.engine import dense_cache
+from jsp.engine import dense_cache, distributed
 from jsp.engine.checkpoint import save_state
 from jsp.engine.evaluate import write_per_image
 from jsp.engine.logger import log_units
@@ -57,9 +59,10 @@ def train(state: RunState, stage: Stage) -> dict:
     pruner = attach_controller(state, s, resume) if state.budget and stage.main else None
     if resume:
         optimizer.load_state_dict(resume["optimizer"])
+    distributed.broadcast_module(state.model)  # several processes: one set of weights from the start
     batches = patch_loader(state.splits["train"], state.process, stage.steps, tr.batch_size,
                            state.cfg.seed + stage.seed_offset, tr.num_workers, state.device,
-                           start=resume["step"] if resume else 0)
+                           start=resume["step"] if resume else 0, part=(distributed.rank(), distributed.world()))
 
     def validate(model, step):
         state.goto(step)
@@ -72,10 +75,13 @@ def train(state: RunState, stage: Stage) -> dict:
         return metrics
 
     def checkpoint(done: int, best: dict, best_state) -> None:
+        rngs = distributed.gather(torch.get_rng_state())  # every rank's: each continues its own stream
+        if not distributed.main():
+            return
         save_state(state.ckpt, stage=stage.name, step=done, global_step=s.first_step + done,
                    model=state.model.state_dict(), layers=layer_spec(state.model), optimizer=optimizer.state_dict(),
                    best=best, best_state=best_state, constraint=state.constraint.state_dict(),
-                   rng=torch.get_rng_state())
+                   rng=rngs[0], rng_ranks=rngs)
 
     objective = Objective(state.loss_fn, optimizer, constraint, teacher, state.schedule.distill,
                           state.schedule.distill_temperature)
@@ -165,7 +171,11 @@ def take_resume_state(state: RunState, name: str) -> dict | None:
     restore_weights(state.model, saved["layers"], saved["model"])
     state.constraint.attach(state.model, state.c_in)
     state.constraint.load_state_dict(saved["constraint"])
-    torch.set_rng_state(saved["rng"])
+    rngs = saved.get("rng_ranks", [saved["rng"]])
+    if len(rngs) != distributed.world():
+        log.warning("resume: the stage was saved by %d processes and continues on %d; it continues, but not "
+                    "bit for bit as it would have", len(rngs), distributed.world())
+    torch.set_rng_state(rngs[distributed.rank()] if len(rngs) == distributed.world() else saved["rng"])
     state.goto(saved["global_step"])
     log.info("resume: %s continues at step %d", name, saved["step"])
     return saved
@@ -186,7 +196,9 @@ def record(state: RunState, stage: Stage, val: dict | None = None, cut: dict | N
     compute = compute or {"train_steps": 0, "train_macs": 0}  # the run's training so far, and this stage's
     metrics.update(compute, train_steps_total=before.get("train_steps_total", 0) + compute["train_steps"],
                    train_macs_total=before.get("train_macs_total", 0) + compute["train_macs"])
-    metrics.update(cost_report(state.model, state.c_in, state.data.full_size, tr.latency_s, state.device))
+    # latency: timed by rank 0 alone (the others would compete with it for the machine)
+    metrics.update(cost_report(state.model, state.c_in, state.data.full_size,
+                               tr.latency_s if distributed.main() else 0, state.device))
     metrics.update(log_units(state.logger, state.constraint, state.step), constraint=state.constraint.settings(),
                    schedule=state.schedule.settings(), global_step=state.step)
     metrics.update(params_ratio=metrics["params"] / state.dense_cost["params"],
@@ -195,10 +207,12 @@ def record(state: RunState, stage: Stage, val: dict | None = None, cut: dict | N
     state.logger.scalars(prefix, {k: v for k, v in metrics.items() if k not in ("constraint", "schedule")}, state.step)
     state.logger.examples(prefix, examples, state.step)
     folder = state.run_dir / "checkpoints" / name
-    save_model(folder, state.model, state.architecture, **state.model_info(name, metrics))
-    save_constraint_stats(folder, state.constraint.state_dict())
-    write_per_image(folder / "per_image.csv", per_image)
+    if distributed.main():
+        save_model(folder, state.model, state.architecture, **state.model_info(name, metrics))
+        save_constraint_stats(folder, state.constraint.state_dict())
+        write_per_image(folder / "per_image.csv", per_image)
     state.logger.stage(name, metrics)  # last: a stage counts as done once its model is saved
+    distributed.barrier()  # the other ranks may read what rank 0 saved (restore, the teacher)
     log.info("%s: test mIoU %.4f | params %s | MACs %.3g | units off %.1f%%", name, metrics["miou"],
              f"{metrics['params']:,}", metrics["macs"], 100 * metrics["units_off"])
     return metrics
@@ -211,13 +225,16 @@ def dense_from_cache(state: RunState, dense: Stage) -> bool:
     key = dense_cache.dense_key({"dataset": state.data_cfg, "model": state.builder, "seed": state.cfg.seed,
                                  "constraint": container(state.cfg.constraint), "trainer": trainer,
                                  "init": state.init_sha256,
-                                 "device": state.device.type})
+                                 "device": state.device.type,
+                                 **({"processes": distributed.world()} if distributed.world() > 1 else {})})
     folder = state.run_dir / "checkpoints" / dense.name
-    with dense_cache.claim(state.cfg.dense_cache, key) as entry:
-        cached = dense_cache.fetch(entry, folder)
+    # Rank 0 alone claims, reads and stores the entry; the others learn from it what it found.
+    with dense_cache.claim(state.cfg.dense_cache, key) if distributed.main() else nullcontext() as entry:
+        cached, entry = distributed.broadcast((dense_cache.fetch(entry, folder) if entry else None, str(entry)))
         if cached is None:
             record(state, dense, **train(state, dense))
-            dense_cache.store(entry, folder, state.logger.metrics[dense.name], state.run_dir)
+            if distributed.main():
+                dense_cache.store(Path(entry), folder, state.logger.metrics[dense.name], state.run_dir)
             return True
     log.info("dense: copied from %s (trained in %s); this run trains no dense network", entry,
              cached.pop("trained_in"))

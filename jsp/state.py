@@ -76,7 +76,7 @@ class RunState:
 
     def eval_on(self, split: str, num_examples: int = 0) -> Evaluation:
         return evaluate(self.model, self.splits[split], self.data.num_classes, self.device, self.data.class_names,
-                        self.amp, num_examples, desc=split, ignore_index=self.data.ignore_index)
+                        self.amp, num_examples, desc=split, ignore_index=self.data.ignore_index, split_ranks=True)
 
     def model_info(self, stage: str, metrics: dict) -> dict:
         """What model.json records beside the architecture: how to feed the model, and its metrics."""

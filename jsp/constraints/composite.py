@@ -21,6 +21,7 @@ from torch import nn
 from jsp.constraints.base import Constraint
 from jsp.constraints.group import PenaltyRecord, UnitSet, weighted_group_norm
 from jsp.constraints.redundancy import layer_redundancy
+from jsp.engine import distributed
 from jsp.errors import ConfigError
 
 #: The settings that make JSPConstraint the version-1 method (method.md, v1 compatibility).
@@ -173,7 +174,9 @@ class JSPConstraint(Constraint):
         norms = self.units.norms()
         rows = {l.name: l.filters() for l in self.layers}
         if self.measure == "features":
-            rows.update({k: v for k, v in self._features.items() if k in rows and len(v) == len(rows[k])})
+            # several processes: every rank's positions (the same r_u on every rank)
+            features = {k: distributed.cat(v, dim=1) for k, v in sorted(self._features.items())}
+            rows.update({k: v for k, v in features.items() if k in rows and len(v) == len(rows[k])})
             self._features = {}
         out = [layer_redundancy(rows[layer.name], a, n, self.sign == "signed", self.chance)
                for layer, a, n in zip(self.layers, self.units.split(self.a), self.units.split(norms))]

@@ -12,6 +12,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from jsp.data.patches import Prepared
+from jsp.engine import distributed
 from jsp.metrics import SegmentationMeter
 from jsp.models import pad_multiple
 
@@ -59,13 +60,19 @@ class Evaluation(NamedTuple):
 @torch.no_grad()
 def evaluate(model: nn.Module, images: list[Prepared], num_classes: int, device: torch.device,
              class_names: list[str] | None = None, amp: bool = False, num_examples: int = 0,
-             desc: str = "eval", ignore_index: int | None = None) -> Evaluation:
-    """Metrics over all ``images``, per image, and the first ``num_examples`` predictions."""
-    was_training = model.training
-    model.eval()
+             desc: str = "eval", ignore_index: int | None = None, split_ranks: bool = False) -> Evaluation:
+    """Metrics over all ``images``, per image, and the first ``num_examples`` predictions.
+
+    split_ranks: in a distributed run each rank evaluates its share of ``images`` and the
+    counts are summed over ranks (exact: integers), so every rank gets the metrics one process
+    would compute from the same weights."""
+    split = split_ranks and distributed.active()
     meter = SegmentationMeter(num_classes, class_names, ignore_index)
     examples, per_image = [], []
-    for i, im in enumerate(tqdm(images, desc=desc, leave=False, disable=None)):
+    was_training = model.training
+    model.eval()
+    for i, im in enumerate(tqdm(distributed.shard(images) if split else images, desc=desc, leave=False,
+                                disable=None)):
         x, label, fov = im.tensors()
         probs = predict(model, x[None].to(device), amp)
         one = SegmentationMeter(num_classes, class_names, ignore_index)
@@ -76,6 +83,10 @@ def evaluate(model: nn.Module, images: list[Prepared], num_classes: int, device:
             pred = probs[0].argmax(0).cpu().numpy()
             examples.append({"image": im.image, "pred": pred, "label": im.label, "fov": im.fov})
     model.train(was_training)
+    if split:  # the shares are contiguous and in rank order: gathered, they are in image order
+        distributed.sum_(meter.cm, meter.pos, meter.neg)
+        examples = [e for share in distributed.gather(examples) for e in share][:num_examples]
+        per_image = [row for share in distributed.gather(per_image) for row in share]
     return Evaluation(meter.compute(), examples, per_image)
 
 

@@ -25,11 +25,14 @@ def flatten(values: dict, prefix: str = "") -> dict[str, float]:
 class RunLogger:
     """Writes ``RUN/tensorboard/`` events and ``RUN/metrics.json`` (rewritten after each stage)."""
 
-    def __init__(self, run_dir: str | Path, metrics: dict | None = None, purge_step: int | None = None):
+    def __init__(self, run_dir: str | Path, metrics: dict | None = None, purge_step: int | None = None,
+                 writes: bool = True):
         """metrics: stages already recorded (a resumed run); purge_step: TensorBoard drops the
-        earlier run's events from this step on, so a resumed run does not log steps twice."""
-        self.run_dir = Path(run_dir)
-        self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge_step)
+        earlier run's events from this step on, so a resumed run does not log steps twice.
+        writes=False (the ranks but 0 of a distributed run): metrics kept in memory, nothing written."""
+        self.run_dir, self.writes = Path(run_dir), writes
+        self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge_step) if writes \
+            else NullWriter()
         self.metrics: dict[str, dict] = dict(metrics or {})
 
     def scalars(self, prefix: str, values: dict, step: int) -> None:
@@ -49,6 +52,8 @@ class RunLogger:
     def stage(self, name: str, metrics: dict) -> None:
         """Record one evaluated stage in metrics.json."""
         self.metrics[name] = metrics
+        if not self.writes:
+            return
         path = self.run_dir / "metrics.json"
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(self.metrics, indent=2, default=float))
@@ -67,6 +72,13 @@ class RunLogger:
 
     def close(self) -> None:
         self.writer.close()
+
+
+class NullWriter:
+    """A SummaryWriter that writes nothing (a rank that does not write)."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
 
 
 def log_units(logger: RunLogger, constraint, step: int) -> dict:

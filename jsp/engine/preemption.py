@@ -14,12 +14,14 @@ import os
 import signal
 import threading
 
+from jsp.engine import distributed
 from jsp.errors import JSPError
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again later"
 SIGNALS = tuple(s for s in (getattr(signal, n, None) for n in ("SIGTERM", "SIGUSR1", "SIGUSR2")) if s is not None)
 _received: list[int] = []
 _previous: dict[int, object] = {}
+_agreed: list[str] = []
 
 
 class Preempted(JSPError):
@@ -35,6 +37,7 @@ def install() -> None:
     if threading.current_thread() is not threading.main_thread():
         return
     _received.clear()
+    _agreed.clear()
     for sig in SIGNALS:
         previous = signal.signal(sig, _record)
         if previous is not _record:
@@ -44,6 +47,17 @@ def install() -> None:
 def requested() -> str | None:
     """The name of the first stop signal received, or None."""
     return signal.Signals(_received[0]).name if _received else None
+
+
+def agreed() -> str | None:
+    """Whether to stop here: the first stop signal received, agreed by every rank of a
+    distributed run (a signal to any rank stops all of them at the same step boundary).
+    Called at the same points on every rank; once true it stays true."""
+    if not _agreed:
+        mine = requested()
+        if distributed.any_rank(mine is not None):
+            _agreed.append(mine or "a stop signal to another rank")
+    return _agreed[0] if _agreed else None
 
 
 def hand_on() -> None:

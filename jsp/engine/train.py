@@ -13,7 +13,7 @@ from torch import nn
 from tqdm import tqdm
 
 from jsp.constraints import Constraint
-from jsp.engine import preemption
+from jsp.engine import distributed, preemption
 from jsp.engine.logger import RunLogger
 from jsp.engine.losses import distillation_loss
 from jsp.errors import JSPError
@@ -125,6 +125,9 @@ def train_step(model, x, y, objective: Objective, s: LoopSettings, scaler, step:
                             "checkpoint are kept. Lower trainer.lr or the constraint weights, then resume=true")
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(task + penalty).backward()
+    # Several processes: every rank steps with the gradient of the global batch (and the same
+    # BatchNorm statistics), so weights, statistics and pruning decisions stay identical.
+    distributed.average_(model)
     # Statistics (e.g. gradient activity) from the task-loss part of the gradients.
     constraint.observe(model, step)
     if s.grad_clip > 0:
@@ -188,7 +191,7 @@ def _validate(hooks: Hooks, val_tag: str, model: nn.Module, step: int) -> dict:
 
 def _save_or_stop(checkpoint, every: int, done: int, steps: int, best: "Best", tag: str) -> None:
     """Mid-stage: checkpoint every ``every`` steps, and on a stop signal checkpoint and raise."""
-    stop = preemption.requested()
+    stop = preemption.agreed()
     if checkpoint is not None and (stop or every and done % every == 0):
         checkpoint(done, best.metrics, best.state)
     if stop:
