@@ -36,8 +36,8 @@
 #          chooses each method's setting on validation
 #   recbase  recovery's baselines at 1 % and 10 % (BUDGETS="0.01 0.1"): jsp, jsp's architecture
 #          from scratch (equal steps), the dense reference
-#   recmeth  at 1 % and 10 % (BUDGETS): the criteria the headline compares jsp with: correlation,
-#          taylor, and jsp's redundancy ablation, each fine-tuned as jsp is (no recovery setting)
+#   recmeth  at 1 % and 10 % (BUDGETS): jsp and the criteria the headline compares it with:
+#          correlation, taylor, and jsp's redundancy ablation, each fine-tuned as jsp is
 #   rec    at 1 % and 10 %: jsp with the recovery REC (the setting recgrid chose, e.g.
 #          REC="schedule.distill=0.5 schedule.distill_temperature=4"), and jsp's architecture
 #          from scratch distilled as REC distils
@@ -142,7 +142,7 @@ part() {  # part NAME SEED
     recbase) for f in ${BUDGETS:-0.01 0.1}; do compare unet "$s" jsp params $f; compare unet "$s" scratch params $f; done
              compare unet "$s" dense params 1 ;;
     recmeth) for f in ${BUDGETS:-0.01 0.1}; do
-               for m in correlation taylor redundancy; do compare unet "$s" "$m" params $f; done
+               for m in jsp correlation taylor redundancy; do compare unet "$s" "$m" params $f; done
              done ;;
     rec) read -r -a rec <<< "${REC:?part rec needs REC, the recovery setting recgrid chose}"
          local kd=(); for o in "${rec[@]}"; do [[ $o == schedule.distill* ]] && kd+=("$o"); done
