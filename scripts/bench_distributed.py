@@ -7,7 +7,9 @@
 Each configuration trains the dense UNet of the CPU tier (width 8, 128 px patches, global batch
 8) for --steps steps (method=dense, no validation until the end) and reports the training
 loop's steps/s from its last progress line (rank 0's: the ranks step together). The global
-batch is the same in both, so steps/s compare directly. Prints a table and writes JSON.
+batch is the same in both, so steps/s compare directly. The two configurations alternate
+--repeats times (this machine is noisy); the table gives each one's median and range.
+Prints a table and writes JSON.
 """
 from __future__ import annotations
 
@@ -56,19 +58,26 @@ def main() -> None:
     p.add_argument("root", help="the DRIVE folder, or 'synthetic'")
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--procs", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--gpu", action="store_true", help="one GPU a process (NCCL) instead of CPU threads")
     p.add_argument("--out", default="outputs/bench_distributed.json")
     a = p.parse_args()
     data = ["dataset=synthetic", "dataset.process.patch_size=128"] if a.root == "synthetic" else \
         ["dataset=drive", f"dataset.root={Path(a.root).resolve()}", "dataset.process.patch_size=128"]
     device = "cuda" if a.gpu else "cpu"
-    rows = [one(1, 1 if a.gpu else a.procs, a.steps, data, device), one(a.procs, 1, a.steps, data, device)]
-    print(f"{'processes':>10} {'threads each':>13} {'steps/s':>9}")
+    configs = [(1, 1 if a.gpu else a.procs), (a.procs, 1)]
+    runs = [[one(p, t, a.steps, data, device)["steps_per_s"] for p, t in configs] for _ in range(a.repeats)]
+    rows = [{"processes": p, "threads_each": t, "steps_per_s": sorted(r[i] for r in runs)[len(runs) // 2],
+             "range": [min(r[i] for r in runs), max(r[i] for r in runs)]} for i, (p, t) in enumerate(configs)]
+    print(f"{'processes':>10} {'threads each':>13} {'steps/s (median)':>17} {'range':>14}")
     for r in rows:
-        print(f"{r['processes']:>10} {r['threads_each']:>13} {r['steps_per_s']:>9.2f}")
+        print(f"{r['processes']:>10} {r['threads_each']:>13} {r['steps_per_s']:>17.2f} "
+              f"{r['range'][0]:>6.2f} - {r['range'][1]:.2f}")
     ratio = rows[1]["steps_per_s"] / rows[0]["steps_per_s"]
-    print(f"{a.procs} processes x 1 thread: {ratio:.2f}x the steps/s of 1 process x {rows[0]['threads_each']} threads")
-    write_report({"rows": rows, "ratio": ratio, "steps": a.steps, "dataset": a.root, "device": device}, a.out)
+    print(f"{a.procs} processes x 1 thread: {ratio:.2f}x the steps/s of 1 process x {rows[0]['threads_each']} threads "
+          f"(medians of {a.repeats})")
+    write_report({"rows": rows, "runs": runs, "ratio": ratio, "steps": a.steps, "dataset": a.root,
+                  "device": device}, a.out)
 
 
 if __name__ == "__main__":
