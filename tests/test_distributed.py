@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -201,3 +202,24 @@ def test_the_dense_cache_and_the_scratch_control_work_on_two_processes(tmp_path)
     assert b["final"]["params"] == a["final"]["params"]  # jsp's architecture, new weights
     assert (tmp_path / "ob" / "hash0").read_text() == (tmp_path / "ob" / "hash1").read_text()
     assert (tmp_path / "ob" / "hash0").read_text() != (tmp_path / "oa" / "hash0").read_text()
+
+
+def test_a_real_sigterm_to_one_rank_exits_both_with_75_and_marks_the_run_preempted(tmp_path):
+    """Two jsp-train processes started as torchrun starts them; SIGTERM to rank 1 alone once
+    the dense stage has a periodic checkpoint: both stop at one step, rank 0 saves, both exit 75."""
+    run_dir, port = tmp_path / "run", free_port()
+    long = [*DDP, "trainer.steps=400", "trainer.val_every=400", f"hydra.run.dir={run_dir}"]
+    procs = [subprocess.Popen([*cli(), *long], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env={**os.environ, "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2",
+                                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1",
+                                   "JSP_DIST_TIMEOUT_S": "120"}) for r in range(2)]
+    ckpt, deadline = run_dir / "checkpoints" / "last.pt", time.time() + 240
+    while time.time() < deadline and procs[1].poll() is None and not ckpt.is_file():
+        time.sleep(0.05)
+    procs[1].send_signal(signal.SIGTERM)
+    outs = [p.communicate(timeout=240)[0] for p in procs]
+    assert [p.returncode for p in procs] == [75, 75], outs
+    state = torch.load(ckpt, weights_only=True)
+    assert state["stage"] == "dense" and 0 < state["step"] < 400
+    assert "stopped at step" in (run_dir / "train.log").read_text()
+    assert json.loads((run_dir / "checkpoints" / "PREEMPTED").read_text())["signal"] == "a stop signal to another rank"
