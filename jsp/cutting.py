@@ -13,6 +13,7 @@ from torch import nn
 
 from jsp.constraints.units import snap_off
 from jsp.engine import distributed
+from jsp.errors import ConfigError
 from jsp.engine.evaluate import probe
 from jsp.engine.runtime import patch_loader
 from jsp.pruning import PruneSettings, Pruner, Stage, Target, layer_scores, layer_widths, taylor_statistic
@@ -37,6 +38,20 @@ def pruner_of(state: RunState) -> Pruner:
     s = state.schedule
     settings = PruneSettings(state.constraint.eps, s.min_channels, s.min_keep, s.round_to, s.cost_aware)
     return Pruner(state.model, state.constraint.layers, state.c_in, state.data.full_size, settings)
+
+
+def check_reachable(state: RunState) -> None:
+    """Refuse, before training, a target no cut can meet: every group at its floor
+    (schedule.min_channels, min_keep, rounded up to round_to) still costs more."""
+    s = state.schedule
+    mode, keep = (s.budget_on, state.budget) if state.budget else (s.mode, s.keep_at(s.rounds))
+    if mode == "threshold":
+        return
+    smallest = pruner_of(state).smallest(mode)
+    if keep < smallest:
+        raise ConfigError(f"the budget {keep:.4g} of the {mode} is below what this model can become with "
+                          f"schedule.round_to={s.round_to}, min_channels={s.min_channels}, min_keep={s.min_keep}: "
+                          f"at least {smallest:.4g}; lower them or raise the budget")
 
 
 def enforce_budget(state: RunState, pruner: Pruner) -> None:

@@ -156,6 +156,7 @@ def _model(state: RunState, cfg: DictConfig) -> None:
     # Budgets and ratios are relative to the dense network this config builds.
     state.dense_cost = {"params": count_params(state.model),
                         "macs": count_macs(state.model, state.c_in, data.full_size)}
+    cutting.check_reachable(state)  # a budget no cut can meet fails now, not after training
     state.loss_fn = build(tr.loss, ignore_index=data.ignore_index)
     state.amp = bool(tr.amp) and state.device.type == "cuda"
 

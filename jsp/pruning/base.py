@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from jsp.constraints.units import UnitLayer
+from jsp.errors import JSPError
 from jsp.models import pad_multiple
 from jsp.pruning.pruner import ChannelGroups, Target, groups_of, layer_widths
 from jsp.pruning.surgery import MetaProbe, model_cost, remove_channels, zero_channels
@@ -83,14 +84,23 @@ class Pruner:
     def cost_if_pruned(self, mode: str, off: dict[str, torch.Tensor] | None = None) -> float:
         """Fraction of the current cost left if the switched-off units (or those flagged in
         ``off``, {layer: (U,) bool}) were removed: what the budget controller steers."""
-        off_channels = self.groups(off=off).select(None, self.settings.min_channels)  # equal scores
+        st = self.settings  # the widths the cut would leave, rounded as the cut rounds them
+        off_channels = self.groups(off=off).select(None, st.min_channels, st.round_to, st.min_keep)
         return self.probe.cost(off_channels, mode) / self.cost(mode)
+
+    def smallest(self, mode: str) -> float:
+        """The least fraction of the current cost any cut can leave: every group at its floor
+        (min_channels, min_keep, rounded up to round_to)."""
+        st, groups = self.settings, self.groups()
+        return self.probe.cost(groups.select(groups.total(), st.min_channels, st.round_to, st.min_keep), mode) \
+            / self.cost(mode)
 
     def choose(self, groups: ChannelGroups, target: Target) -> list[list[int]]:
         """Root channels to remove per group so the model meets ``target``: the switched-off
         ones (threshold), or the largest removal of the globally least important whose model
         keeps at most ``target.keep`` of the current cost (a binary search, each candidate
-        costed on the meta copy)."""
+        costed on the meta copy); with round_to, then the most important removed channels
+        given back, round_to at a time, while the model stays within the target."""
         st = self.settings
         select = lambda k: groups.select(k, st.min_channels, st.round_to, st.min_keep)  # noqa: E731
         if target.mode == "threshold":
@@ -100,10 +110,37 @@ class Pruner:
         lo, hi = 0, groups.total()  # cost_after(lo) > budget unless nothing needs removing
         if cost_after(lo) <= budget:
             return select(0)
+        if cost_after(hi) > budget:
+            raise JSPError(f"no cut meets {target.mode} {target.keep:.4g}: the smallest network these settings "
+                           f"allow keeps {cost_after(hi) / self.cost(target.mode):.4g} (schedule.round_to="
+                           f"{st.round_to}, min_channels={st.min_channels}, min_keep={st.min_keep}); lower them "
+                           "or raise the budget")
         while hi - lo > 1:
             mid = (lo + hi) // 2
             lo, hi = (lo, mid) if cost_after(mid) <= budget else (mid, hi)
-        return select(hi)
+        chosen = select(hi)
+        return self._give_back(groups, chosen, budget, target.mode) if st.round_to > 1 else chosen
+
+    def _give_back(self, groups: ChannelGroups, chosen: list[list[int]], budget: float, mode: str) -> list[list[int]]:
+        """Rounding removes channels round_to at a time, so the search can stop well under the
+        budget (0.284 for 0.3 on a UNet): give back to a group its round_to most important
+        removed channels, the group whose chunk scores highest first, while the cost stays
+        within the budget."""
+        k, live = self.settings.round_to, {g for g, c in enumerate(chosen) if c}
+        best_first = lambda g: sorted(chosen[g], key=lambda i: -float(groups.scores[g][i]))[:k]  # noqa: E731
+        while live:
+            g = max(live, key=lambda g: float(groups.scores[g][best_first(g)].mean()))
+            back = set(best_first(g))
+            trial = [c if h != g else [i for i in c if i not in back] for h, c in enumerate(chosen)]
+            # A group's channels all cost the same and the slack only shrinks: a chunk that
+            # does not fit now never will, so each group fails at most once.
+            if self.probe.cost(trial, mode) <= budget:
+                chosen = trial
+                if not chosen[g]:
+                    live.discard(g)
+            else:
+                live.discard(g)
+        return chosen
 
     def prune(self, scores: dict[str, torch.Tensor], target: Target) -> dict[str, list[int]]:
         """Rank, choose and remove channels in place to meet ``target``. Returns {unit layer:
@@ -123,10 +160,10 @@ class Pruner:
     def shrink_uniformly(self, target: Target) -> float:
         """Keep the first ceil(f * n) channels of every group, f the largest width factor (by
         bisection) whose model meets ``target`` (params or MACs). Returns f. Spends the Pruner."""
-        sizes, base = self.groups().sizes, self.cost(target.mode)
+        sizes, base, k = self.groups().sizes, self.cost(target.mode), self.settings.round_to
 
         def chosen(f):
-            keep = [min(n, max(self.settings.min_channels, math.ceil(f * n))) for n in sizes]
+            keep = [min(n, -(-max(self.settings.min_channels, math.ceil(f * n)) // k) * k) for n in sizes]
             return [list(range(k, n)) for k, n in zip(keep, sizes)]
 
         cost = lambda f: self.probe.cost(chosen(f), target.mode) / base  # noqa: E731
