@@ -149,13 +149,13 @@ def write_tables(rows: list[dict], out: Path, every_run: list[dict] | None = Non
     lines += headline_lines(budgets)
     for b in budgets:
         lines += [f"## {b['dataset']} / {b['model']} / keep {b['keep']}", "", f"**{b['verdict']}**", "",
-                  "| # | method | lambdas | seeds | collapsed | params | GMACs | MB | latency ms | mIoU | F1 | AUC "
-                  "| mIoU before FT | zeroed | vs dense | vs leader (paired) |",
-                  "|" + "---|" * 16]
+                  "| # | method | lambdas | seeds | collapsed | params | GMACs | MB | peak MB | latency ms | mIoU | F1 "
+                  "| AUC | mIoU before FT | zeroed | vs dense | vs leader (paired) |",
+                  "|" + "---|" * 17]
         for i, e in enumerate(b["ranked"], 1):
             lead = "-" if e["vs_leader"] is None else str(e["vs_leader"])
             lines.append(f"| {i} | {e['method']} | {e['lambdas']} | {e['seeds']} | {e['collapsed']} | {_fmt(round(e['params']))} | "
-                         f"{e['macs'] / 1e9:.2f} | {e['weight_mb']:.3f} | {_pm(e['latency_ms'], e['latency_ms_std'], 1, 1)} | "
+                         f"{e['macs'] / 1e9:.2f} | {e['weight_mb']:.3f} | {e['peak_mb']:.1f} | {_pm(e['latency_ms'], e['latency_ms_std'], 1, 1)} | "
                          f"{_pm(e['miou'], e['miou_std'], e['seeds'])} | {_pm(e['f1'], e['f1_std'], e['seeds'])} | "
                          f"{_pm(e['auc'], e['auc_std'], e['seeds'])} | {_pm(e['pruned_miou'], e['pruned_miou_std'], e['seeds'])} "
                          f"| {_pm(e['zeroed'], e['zeroed_std'], 1, 2)} | {e['vs_dense']:+.4f} | {lead} |".replace("+nan", "-"))

@@ -96,14 +96,16 @@ def summary_table(metrics: dict, run_dir: Path, choices: dict) -> str:
     """The end-of-run table: one row per evaluated stage."""
     keys = [k for k in ("miou", "f1", "auc", "se", "sp", "acc") if k in metrics["final"]]
     lines = [f"jsp run: {', '.join(f'{g}={c}' for g, c in choices.items())}",
-             f"{'stage':<10}" + "".join(f"{k:>9}" for k in keys) + f"{'params':>12}{'MMACs':>11}{'MB':>8}{'off%':>7}"
+             f"{'stage':<10}" + "".join(f"{k:>9}" for k in keys) + f"{'params':>12}{'MMACs':>11}{'MB':>8}{'peakMB':>8}{'off%':>7}"
              + f"{'cut':>10}"]
     for name, m in metrics.items():
         cut = f"{m['cut_logit_change']:>10.2g}" if "cut_logit_change" in m and name != "final" else f"{'':>10}"
         lines.append(f"{name:<10}" + "".join(f"{m[k]:>9.4f}" for k in keys)
-                     + f"{m['params']:>12,}{m['macs'] / 1e6:>11.1f}{m['weight_mb']:>8.2f}{100 * m['units_off']:>7.1f}"
+                     + f"{m['params']:>12,}{m['macs'] / 1e6:>11.1f}{m['weight_mb']:>8.2f}{m.get('peak_mb', float('nan')):>8.1f}"
+                     + f"{100 * m['units_off']:>7.1f}"
                      + cut)
-    lines.append("cut: the largest change of the logits on two validation images that pruning caused (0: none)")
+    lines.append("cut: the largest change of the logits on two validation images that pruning caused (0: none); "
+                 "peakMB: weights + input + activations of one full-size image")
     lines.append(f"time {metrics['final']['time_s']:.0f} s; outputs in {run_dir} "
                  f"(tensorboard --logdir {run_dir / 'tensorboard'})")
     return "\n".join(lines)

@@ -66,12 +66,18 @@ def latency(model: nn.Module, in_channels: int, size: tuple[int, int], device: t
 
 def cost_report(model: nn.Module, in_channels: int, size: tuple[int, int], latency_s: float = 0.0,
                 device: torch.device | str = "cpu") -> dict:
-    """params, macs, weight_mb at ``size``; with latency_s > 0 also the CPU latency of batch 1
-    (``latency_ms``, its IQR, timed calls, threads) and, for a CUDA ``device``, ``latency_cuda_ms``."""
+    """params, macs, weight_mb at ``size``; the peak inference memory of batch 1 at ``size``
+    on ``device`` (``peak_mb``, ``activation_mb``, ``memory_device``: jsp/metrics/memory.py);
+    with latency_s > 0 also the CPU latency of batch 1 (``latency_ms``, its IQR, timed calls,
+    threads) and, for a CUDA ``device``, ``latency_cuda_ms``."""
+    from jsp.metrics.memory import peak_memory
+
     out = {
         "params": count_params(model),
         "macs": count_macs(model, in_channels, size),
         "weight_mb": weight_mb(model),
+        **peak_memory(model, in_channels, size, device),
+        "memory_device": torch.device(device).type,
     }
     if latency_s > 0:
         cpu = latency(model, in_channels, size, "cpu", latency_s)
