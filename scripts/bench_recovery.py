@@ -17,7 +17,9 @@ from jsp.stats import mean_std, paired
 
 PAIRS = [("scratch_params{f}", "jsp_params{f}"), ("jsp_params{f}_rec", "jsp_params{f}"),
          ("jsp_params{f}_rec", "scratch_params{f}"), ("jsp_params{f}_rec", "scratch_params{f}_kd"),
-         ("scratch_params{f}_kd", "scratch_params{f}")]
+         ("scratch_params{f}_kd", "scratch_params{f}"),
+         ("jsp_params{f}", "correlation_params{f}"), ("jsp_params{f}", "taylor_params{f}"),
+         ("jsp_params{f}", "redundancy_params{f}")]
 
 
 def runs(out: Path) -> dict[str, dict[int, dict]]:

@@ -1,0 +1,72 @@
+"""Measured speed-up against the MAC ratio (issue 30), a benchmark: the dense DRIVE UNet, the
+architectures pruning gives it at several budgets with and without ``round_to``, and any
+trained runs, timed side by side by jsp-bench (one process, interleaved rounds), eager torch
+and ONNX Runtime, batch 1 and 8.
+
+    python scripts/bench_latency.py START_RUN [RUN ...] [--out outputs/bench_latency] [--threads 2]
+
+START_RUN: a dense run dir (the benchmark's start). The architecture-only variants are the
+start pruned by l1_norm to each budget (latency depends on the widths, not on the weights);
+the trained RUNs add their own widths. Writes OUT/latency.json and prints the table.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from benchlib import write_report
+from jsp.bench import bench, table
+from jsp.constraints import find_units
+from jsp.errors import JSPError
+from jsp.models.saved import load_model, save_model
+from jsp.pruning import Target, layer_scores
+from jsp.pruning import prune as prune_model
+from jsp.saved_runs import model_folder
+
+# (cost, keep, round_to): budgets the benchmark compares; round_to=8 where width 8 allows it
+VARIANTS = [("params", 0.1, 1), ("params", 0.1, 8), ("params", 0.3, 1), ("params", 0.3, 8),
+            ("macs", 0.05, 1), ("macs", 0.2, 1), ("macs", 0.2, 4)]
+
+
+def variants(start: Path, out: Path) -> list[Path]:
+    """The start pruned to each budget of VARIANTS, saved under OUT/models; those rounding
+    cannot reach are skipped with a line."""
+    folder, saved = model_folder(str(start)), []
+    for mode, keep, k in VARIANTS:
+        model, meta = load_model(folder)
+        layers = find_units(model, meta.get("in_channels", 3))
+        size = tuple(meta["input_size"])
+        try:
+            prune_model(model, layers, layer_scores("l1_norm", layers, {}), Target(mode, keep), meta["in_channels"],
+                        64, size, min_channels=2, round_to=k)
+        except JSPError as e:
+            print(f"skipped {mode} {keep} round_to={k}: {e}", file=sys.stderr)
+            continue
+        path = out / "models" / f"l1_{mode}{keep}_r{k}"
+        save_model(path, model, meta["architecture"], stage="pruned", input_size=list(size),
+                   in_channels=meta["in_channels"])
+        saved.append(path)
+    return saved
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("start")
+    p.add_argument("runs", nargs="*")
+    p.add_argument("--out", default="outputs/bench_latency")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--rounds", type=int, default=5)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    out = Path(a.out)
+    models = [a.start, *map(str, variants(Path(a.start), out)), *a.runs]
+    report = bench(models, ["torch", "onnxruntime"], [1, 8], "cpu", a.rounds, 0.5)
+    print(table(report))
+    write_report(report, out / "latency.json")
+
+
+if __name__ == "__main__":
+    main()
