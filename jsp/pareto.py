@@ -1,4 +1,5 @@
-"""pareto.png / pareto_macs.png: test mIoU against parameters or MACs, one line per method."""
+"""pareto.png / pareto_macs.png / pareto_latency_ms.png / pareto_peak_mb.png: test mIoU against
+parameters, MACs, measured latency or peak inference memory, one line per method."""
 from __future__ import annotations
 
 import math
@@ -25,6 +26,11 @@ def pareto_curves(rows: list[dict], cost: str = "params") -> dict[tuple, list[tu
             mean, std = mean_std([r["own_dense_miou"] for r in own])
             curves[("dense", model, dataset)].append((statistics.fmean(r[f"own_dense_{cost}"] for r in own), mean, std))
     return curves
+
+
+XLABEL = {"params": "parameters", "macs": "MACs per full-size image",
+          "latency_ms": "CPU latency, batch 1, ms (each run's own timing: jsp-bench compares side by side)",
+          "peak_mb": "peak inference memory of a full-size image, MB"}
 
 
 def write_pareto(rows: list[dict], out: Path, cost: str = "params") -> None:
@@ -60,7 +66,7 @@ def write_pareto(rows: list[dict], out: Path, cost: str = "params") -> None:
             ax.errorbar(xs, ys, yerr=es, color=colours(i % colours.N), marker=markers[i % len(markers)],
                         linestyle=style, capsize=3, label=label)
         ax.set_xscale("log")
-        ax.set_xlabel(("parameters" if cost == "params" else "MACs per full-size image") + " (log scale)")
+        ax.set_xlabel(XLABEL[cost] + " (log scale)")
         ax.grid(True, which="both", alpha=0.3)
     means = [mean for points in curves.values() for _, mean, _ in points if not math.isnan(mean)]
     top = max(means)

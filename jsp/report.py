@@ -11,7 +11,8 @@
 Where a sweep tried several settings of a method at one budget, only the one with the best
 mean validation mIoU is ranked (jsp/selection.py).
     pareto.png    test mIoU against parameters (log x), one line per method (and model);
-    pareto_macs.png   the same against MACs
+    pareto_macs.png   the same against MACs; pareto_latency_ms.png, pareto_peak_mb.png against
+                      measured latency and peak memory, when every run recorded them
 
 into ``--out`` (default: the first PATH).
 """
@@ -206,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     write_tables(chosen, out, rows, choices)
     write_pareto(chosen, out)
     write_pareto(chosen, out, "macs")
+    for cost in ("latency_ms", "peak_mb"):  # measured costs, where the runs recorded them
+        if chosen and all(math.isfinite(r.get(cost, math.nan)) for r in chosen):
+            write_pareto(chosen, out, cost)
     made = sum(len(c["tried"]) > 1 for c in choices)
     print(f"jsp-report: {len(rows)} runs -> {out / 'summary.csv'}, {out / 'summary.md'}, {out / 'pareto.png'}"
           + (f"; {made} setting choice(s) made on validation" if made else ""))

@@ -76,6 +76,9 @@ def test_report_on_a_multirun_dir(sweep, capsys):
     assert f"| {gap:+.4f} |" in (sweep / "alone" / "summary.md").read_text()
     assert (sweep / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (sweep / "pareto_macs.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for measured in ("latency_ms", "peak_mb"):  # every run timed itself and measured its memory
+        assert (sweep / f"pareto_{measured}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert float(jsp["peak_mb"]) > float(jsp["weight_mb"]) > 0 and "| peak MB |" in md
 
 
 def _row(method, keep, seed, miou, model="unet"):
