@@ -44,9 +44,9 @@ def check_reachable(state: RunState) -> None:
     """Refuse, before training, a target no cut can meet: every group at its floor
     (schedule.min_channels, min_keep, rounded up to round_to) still costs more."""
     s = state.schedule
-    mode, keep = (s.budget_on, state.budget) if state.budget else (s.mode, s.keep_at(s.rounds))
-    if mode == "threshold":
+    if not state.budget and (s.rounds < 1 or s.mode == "threshold"):  # no target (method=dense: no cut)
         return
+    mode, keep = (s.budget_on, state.budget) if state.budget else (s.mode, s.keep_at(s.rounds))
     smallest = pruner_of(state).smallest(mode)
     if keep < smallest:
         raise ConfigError(f"the budget {keep:.4g} of the {mode} is below what this model can become with "
