@@ -74,15 +74,7 @@ def train(state: RunState, stage: Stage) -> dict:
                            eligible=state.constraint.controller.exact)
         return metrics
 
-    def checkpoint(done: int, best: dict, best_state) -> None:
-        rngs = distributed.gather(torch.get_rng_state())  # every rank's: each continues its own stream
-        if not distributed.main():
-            return
-        save_state(state.ckpt, stage=stage.name, step=done, global_step=s.first_step + done,
-                   model=state.model.state_dict(), layers=layer_spec(state.model), optimizer=optimizer.state_dict(),
-                   best=best, best_state=best_state, constraint=state.constraint.state_dict(),
-                   rng=rngs[0], rng_ranks=rngs)
-
+    checkpoint = checkpointer(state, stage.name, s.first_step, optimizer)
     objective = Objective(state.loss_fn, optimizer, constraint, teacher, state.schedule.distill,
                           state.schedule.distill_temperature)
     best = train_loop(state.model, batches, objective, s, Hooks(validate, state.logger, checkpoint), resume)
@@ -95,6 +87,20 @@ def train(state: RunState, stage: Stage) -> dict:
         log.warning("%s: no fine-tuned checkpoint beat the pruned network on validation; the pruned weights "
                     "are kept (a lower schedule.finetune_lr_scale may help)", stage.name)
     return {"val": best, "compute": {"train_steps": stage.steps, "train_macs": per_step * stage.steps}}
+
+
+def checkpointer(state: RunState, name: str, first_step: int, optimizer) -> callable:
+    """checkpoint(steps done, best metrics, best weights): the stage's training state to
+    checkpoints/last.pt, written by rank 0 with every rank's random state."""
+    def checkpoint(done: int, best: dict, best_state) -> None:
+        rngs = distributed.gather(torch.get_rng_state())  # every rank's: each continues its own stream
+        if not distributed.main():
+            return
+        save_state(state.ckpt, stage=name, step=done, global_step=first_step + done,
+                   model=state.model.state_dict(), layers=layer_spec(state.model), optimizer=optimizer.state_dict(),
+                   best=best, best_state=best_state, constraint=state.constraint.state_dict(),
+                   rng=rngs[0], rng_ranks=rngs)
+    return checkpoint
 
 
 def teacher_of(state: RunState, stage: Stage) -> nn.Module | None:

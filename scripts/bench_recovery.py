@@ -15,7 +15,7 @@ from pathlib import Path
 from benchlib import write_report
 from jsp.stats import mean_std, paired
 
-PAIRS = [("scratch_params{f}", "jsp_params{f}"), ("jsp_params{f}_rec", "jsp_params{f}"),
+PAIRS = [("jsp_params{f}", "dense"), ("scratch_params{f}", "jsp_params{f}"), ("jsp_params{f}_rec", "jsp_params{f}"),
          ("jsp_params{f}_rec", "scratch_params{f}"), ("jsp_params{f}_rec", "scratch_params{f}_kd"),
          ("scratch_params{f}_kd", "scratch_params{f}"),
          ("jsp_params{f}", "correlation_params{f}"), ("jsp_params{f}", "taylor_params{f}"),
