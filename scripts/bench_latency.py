@@ -4,8 +4,10 @@ trained runs, timed side by side by jsp-bench (one process, interleaved rounds),
 and ONNX Runtime, batch 1 and 8.
 
     python scripts/bench_latency.py START_RUN [RUN ...] [--out outputs/bench_latency] [--threads 2]
+    python scripts/bench_latency.py --fresh mobilenetv3_small [--out ...]   # no trained start
 
-START_RUN: a dense run dir (the benchmark's start). The architecture-only variants are the
+START_RUN: a dense run dir (the benchmark's start); or --fresh: the CPU tier's MobileNetV3-Small
+(or UNet) with new weights, saved at DRIVE's size (timing needs the widths, not trained weights). The architecture-only variants are the
 start pruned by l1_norm to each budget (latency depends on the widths, not on the weights);
 the trained RUNs add their own widths. Writes OUT/latency.json and prints the table.
 """
@@ -45,16 +47,33 @@ def variants(start: Path, out: Path) -> list[Path]:
         except JSPError as e:
             print(f"skipped {mode} {keep} round_to={k}: {e}", file=sys.stderr)
             continue
-        path = out / "models" / f"l1_{mode}{keep}_r{k}"
+        path = out / "models" / f"{start.name}_l1_{mode}{keep}_r{k}"
         save_model(path, model, meta["architecture"], stage="pruned", input_size=list(size),
                    in_channels=meta["in_channels"])
         saved.append(path)
     return saved
 
 
+def fresh(key: str, out: Path) -> Path:
+    """A new dense network of the CPU tier's kind, saved as a start would be (DRIVE's size)."""
+    args = ({"variant": "small", "decoder_channels": [128, 64, 32, 16, 8]} if key == "mobilenetv3_small"
+            else {"width": 8, "depth": 4})
+    name = "mobilenetv3" if key == "mobilenetv3_small" else "unet"
+    architecture = {"name": name, "args": {**args, "in_channels": 3, "num_classes": 2}}
+    from jsp.registry import check_args
+
+    entry, checked = check_args("model", name, architecture["args"], "architecture")
+    torch.manual_seed(0)
+    path = out / "models" / f"{key}_dense"
+    save_model(path, entry.build(**checked).eval(), architecture, stage="dense", input_size=[584, 565],
+               in_channels=3)
+    return path
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("start")
+    p.add_argument("start", nargs="?")
+    p.add_argument("--fresh", choices=["mobilenetv3_small", "unet"], help="time a new network of this kind instead")
     p.add_argument("runs", nargs="*")
     p.add_argument("--out", default="outputs/bench_latency")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -62,6 +81,8 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     out = Path(a.out)
+    if a.fresh:
+        a.start = str(fresh(a.fresh, out))
     models = [a.start, *map(str, variants(Path(a.start), out)), *a.runs]
     report = bench(models, ["torch", "onnxruntime"], [1, 8], "cpu", a.rounds, 0.5)
     print(table(report))
