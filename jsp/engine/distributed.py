@@ -91,11 +91,6 @@ def local_device(device: torch.device) -> torch.device:
     return torch.device("cuda", _cuda_index()) if device.type == "cuda" and active() else device
 
 
-def stop() -> None:
-    if active():
-        dist.destroy_process_group()
-
-
 def check_batch(batch_size: int) -> int:
     """The per-rank batch of a global ``batch_size``; a world size that does not divide it is refused."""
     if batch_size % world():
