@@ -29,7 +29,7 @@ import torch
 from jsp.errors import JSPError
 from jsp.metrics import count_macs, count_params
 from jsp.metrics.memory import peak_memory
-from jsp.models import pad_multiple
+from jsp.models import padded_size
 from jsp.models.saved import load_model
 from jsp.saved_runs import export_onnx, model_folder
 
@@ -88,7 +88,7 @@ def bench(paths: list[str], runtimes: list[str], batches: list[int], device: str
     models = []
     for p in paths:
         model, meta = load_model(model_folder(p), dev)
-        size = [-(-s // pad_multiple(model)) * pad_multiple(model) for s in meta.get("input_size") or [256, 256]]
+        size = padded_size(model, meta.get("input_size") or [256, 256])
         models.append((str(p), model.eval(), meta.get("in_channels", 3), size))
     calls, info = {}, {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -19,7 +19,7 @@ from jsp.engine.evaluate import evaluate, write_per_image
 from jsp.engine.inference import find_images, fov_of, segment, write_prediction
 from jsp.errors import JSPError
 from jsp.metrics import cost_report
-from jsp.models import pad_multiple
+from jsp.models import pad_multiple, padded_size
 from jsp.models.saved import dataset_of, load_model
 from jsp.provenance import hydra_overrides, provenance
 from jsp.registry import table
@@ -96,8 +96,7 @@ def export_saved(cfg: DictConfig) -> list[Path]:
     out = Path(cfg.out) if cfg.out else folder / "export"
     out.mkdir(parents=True, exist_ok=True)
     size = list(cfg.input_size or meta.get("input_size") or [256, 256])
-    m = pad_multiple(model)
-    size = [-(-s // m) * m for s in size]  # the network needs sides divisible by its stride
+    size = padded_size(model, size)  # the network needs sides divisible by its stride
     example = torch.randn(1, meta.get("in_channels", 3), *size, generator=torch.Generator().manual_seed(0))
     written = []
     for fmt in cfg.formats:

@@ -25,10 +25,9 @@ def count_macs(model: nn.Module, in_channels: int, size: tuple[int, int]) -> int
     Uses torch's own FLOP counter (convolutions and matmuls; 1 MAC = 2 FLOPs). The input is
     ``size`` padded up to the model's stride multiple, as at evaluation.
     """
-    from jsp.models import pad_multiple
+    from jsp.models import padded_size
 
-    m = pad_multiple(model)
-    h, w = (-(-s // m) * m for s in size)
+    h, w = padded_size(model, size)
     param = next(model.parameters())
     x = torch.zeros(1, in_channels, h, w, device=param.device, dtype=param.dtype)
     was_training = model.training
@@ -50,10 +49,9 @@ def latency(model: nn.Module, in_channels: int, size: tuple[int, int], device: t
     """
     from torch.utils import benchmark
 
-    from jsp.models import pad_multiple
+    from jsp.models import padded_size
 
-    m = pad_multiple(model)
-    h, w = (-(-s // m) * m for s in size)
+    h, w = padded_size(model, size)
     copy_ = copy.deepcopy(model).to(device).float().eval()
     x = torch.zeros(1, in_channels, h, w, device=device)
     copy_(x)  # warm-up: the first call allocates (and picks CUDA kernels)

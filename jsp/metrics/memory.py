@@ -24,11 +24,10 @@ def peak_memory(model: nn.Module, in_channels: int, size: tuple[int, int], devic
     """{"peak_mb": weights + input + forward peak, "activation_mb": the forward's peak above
     what existed before it} in MiB, for a (1, in_channels, H, W) input padded to the model's
     stride as at evaluation, in eval mode, on ``device`` (where the model is)."""
-    from jsp.models import pad_multiple
+    from jsp.models import padded_size
 
     device = torch.device(device)
-    m = pad_multiple(model)
-    h, w = (-(-s // m) * m for s in size)
+    h, w = padded_size(model, size)
     x = torch.zeros(1, in_channels, h, w, device=device)
     was = model.training
     model.eval()
