@@ -9,7 +9,6 @@ import logging
 import time
 
 import torch
-from torch import nn
 
 from jsp.constraints.units import snap_off
 from jsp.engine import distributed
@@ -17,6 +16,8 @@ from jsp.errors import ConfigError
 from jsp.engine.evaluate import probe
 from jsp.engine.runtime import patch_loader
 from jsp.pruning import PruneSettings, Pruner, Stage, Target, layer_scores, layer_widths, taylor_statistic
+from jsp.pruning.latency import plain_copy
+from jsp.pruning.surgery import reinitialise
 from jsp.state import RunState
 
 log = logging.getLogger("jsp")
@@ -37,7 +38,8 @@ def pruner_of(state: RunState) -> Pruner:
     """A Pruner for the run's model as it is now, with the schedule's settings."""
     s = state.schedule
     settings = PruneSettings(state.constraint.eps, s.min_channels, s.min_keep, s.round_to, s.cost_aware)
-    return Pruner(state.model, state.constraint.layers, state.c_in, state.data.full_size, settings)
+    return Pruner(state.model, state.constraint.layers, state.c_in, state.data.full_size, settings,
+                  latency=state.latency)
 
 
 def check_reachable(state: RunState) -> None:
@@ -91,6 +93,7 @@ def prune(state: RunState, stage: Stage) -> dict:
     before, logits = layer_widths(state.model), probe(state.model, state.splits["val"], state.device)
     cut = {"cut_live_units": 0, "cut_constant_units": 0}
     target = stage.target or Target(s.budget_on, budget)
+    uncut = plain_copy(state.model) if target.mode == "latency" else None
     for t in [Target("threshold"), target] if budget else [target]:
         pruner = pruner_of(state)  # one per cut: the surgery changes the model
         if t.mode != "threshold" and budget:
@@ -107,6 +110,11 @@ def prune(state: RunState, stage: Stage) -> dict:
         log.info("%s: removed %d unit channels (%s importance, %s target)", stage.tag(""),
                  sum(len(c) for c in removed.values()), s.importance, t.mode)
     distributed.check_same(layer_widths(state.model), "the widths after pruning")
+    if uncut is not None:  # a latency budget: the fraction this stage's cut kept, timed side by side
+        cut_ms = state.latency.measure([uncut, state.model], state.c_in, state.data.full_size)
+        cut.update(latency_kept_measured=cut_ms[1] / cut_ms[0], latency_target=target.keep)
+        log.info("%s: measured latency %.2f of %.2f ms before the cut (%.3f; target %.3f)", stage.tag(""),
+                 cut_ms[1], cut_ms[0], cut_ms[1] / cut_ms[0], target.keep)
     after = probe(state.model, state.splits["val"], state.device)
     cut["cut_logit_change"] = max((float((a - b).abs().max()) for a, b in zip(after, logits)), default=0.0)
     log.info("%s: the cut changed the probe's logits by at most %.3g (%d live and %d constant units removed)",
@@ -140,16 +148,6 @@ def fresh_weights(state: RunState, stage: Stage) -> None:
     state.set_model(state.model)
 
 
-@torch.no_grad()
-def reinitialise(model: nn.Module) -> None:
-    """Every layer's default initialisation and fresh BatchNorm statistics, in place."""
-    for m in model.modules():
-        if hasattr(m, "reset_parameters"):
-            m.reset_parameters()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-
-
 def log_widths(state: RunState, tag: str, before: dict, t0: float) -> None:
     after = layer_widths(state.model)
     table = "| layer | before | after |\n|---|---|---|\n" + "\n".join(
@@ -157,4 +155,3 @@ def log_widths(state: RunState, tag: str, before: dict, t0: float) -> None:
     state.logger.writer.add_text(f"{tag}/widths", table, state.step)
     state.logger.scalars(tag, {"surgery_s": time.time() - t0,
                                "channels_removed": sum(before.values()) - sum(after.values())}, state.step)
-

@@ -35,6 +35,7 @@ from jsp.files import RunLock, probe_writable
 from jsp.metrics import count_macs, count_params
 from jsp.models.saved import load_model, save_model
 from jsp.models.warm_start import warm_start
+from jsp.pruning.latency import LatencyTable
 from jsp.provenance import hydra_overrides, provenance
 from jsp.registry import describe
 from jsp.run_config import build, build_dataset, check_arguments, check_control, check_init_control, check_trainer, \
@@ -156,6 +157,11 @@ def _model(state: RunState, cfg: DictConfig) -> None:
     # Budgets and ratios are relative to the dense network this config builds.
     state.dense_cost = {"params": count_params(state.model),
                         "macs": count_macs(state.model, state.c_in, data.full_size)}
+    if state.schedule.uses_latency:  # the latency table: timed here, on the run's device, or read from its cache
+        state.latency = LatencyTable(state.device, state.schedule.latency_cache, share=distributed.on_main)
+        state.dense_cost["latency"] = state.latency.predict(state.model, state.c_in, data.full_size)
+        log.info("latency: the table (%s) predicts %.1f ms for the dense network (%d convolutions timed now)",
+                 state.latency.path, state.dense_cost["latency"], state.latency.measured)
     cutting.check_reachable(state)  # a budget no cut can meet fails now, not after training
     state.loss_fn = build(tr.loss, ignore_index=data.ignore_index)
     state.amp = bool(tr.amp) and state.device.type == "cuda"

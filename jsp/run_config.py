@@ -95,7 +95,8 @@ def check_control(control: str, budget, schedule) -> None:
     if control not in ("none", "uniform", "scratch"):
         raise ConfigError(f"control must be none, uniform or scratch, got {control!r}")
     if control == "uniform" and (schedule.mode == "threshold" or schedule.rounds != 1):
-        raise ConfigError("control=uniform needs schedule=oneshot with schedule.keep_params or keep_macs (the budget)")
+        raise ConfigError("control=uniform needs schedule=oneshot with schedule.keep_params, keep_macs or keep_latency "
+                          "(the budget)")
     if control == "scratch" and schedule.rounds != 1:
         raise ConfigError("control=scratch needs schedule=oneshot")
 

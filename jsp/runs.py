@@ -82,23 +82,29 @@ def _per_image(run: Path) -> dict:
 
 def _budget_of(constraint: dict, schedule: dict):
     """The run's budget label: the kept fraction of the parameters (a number: ``keep_params``
-    or the constraint's budget), ``"macs F"`` for a MAC budget (``keep_macs``, or the budget
-    with ``schedule.budget_on=macs``), 1.0 unpruned, "threshold" without a budget."""
+    or the constraint's budget), ``"macs F"`` / ``"latency F"`` for a MAC or latency budget
+    (``keep_macs`` / ``keep_latency``, or the budget with ``schedule.budget_on``), 1.0
+    unpruned, "threshold" without a budget."""
     if not schedule.get("rounds"):
         return 1.0
-    if schedule.get("keep_macs") is not None:
-        return f"macs {schedule['keep_macs']:g}"
+    for kind in ("macs", "latency"):
+        if schedule.get(f"keep_{kind}") is not None:
+            return f"{kind} {schedule[f'keep_{kind}']:g}"
     if schedule.get("keep_params") is not None:
         return schedule["keep_params"]
     if constraint.get("budget") is not None:
-        return f"macs {constraint['budget']:g}" if schedule.get("budget_on") == "macs" else constraint["budget"]
+        on = schedule.get("budget_on", "params")
+        return constraint["budget"] if on == "params" else f"{on} {constraint['budget']:g}"
     return "threshold"
 
 
 def _keep_order(keep: str) -> tuple:
-    """Parameter budgets from the largest down, then MAC budgets, then threshold-pruned runs."""
+    """Parameter budgets from the largest down, then MAC budgets, latency budgets, then threshold-pruned runs."""
     text = str(keep)
     try:
         return (0, -float(text))
     except ValueError:
-        return (1, -float(text[5:])) if text.startswith("macs ") else (2, 0.0)
+        for rank, kind in ((1, "macs "), (2, "latency ")):
+            if text.startswith(kind):
+                return (rank, -float(text[len(kind):]))
+        return (3, 0.0)

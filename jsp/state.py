@@ -28,7 +28,8 @@ class RunState:
     control: "none", "uniform" or "scratch"; process: how raw images become tensors; data: the
     dataset (num_classes, full_size (H, W), class_names, ignore_index) and splits its prepared
     train/val/test images; builder/architecture: the model's settings and its registry record;
-    dense_cost: {"params", "macs"} of the dense network budgets are relative to; init_sha256:
+    dense_cost: {"params", "macs"} of the dense network budgets are relative to ("latency",
+    the table's prediction, for a latency budget); init_sha256:
     the weights file training started from (``init_from``), else None; resume_state:
     an interrupted stage's training state (checkpoints/last.pt), taken by the stage it belongs to.
     """
@@ -61,6 +62,7 @@ class RunState:
     resume_state: dict | None = None
     logger: RunLogger | None = None
     teacher: nn.Module | None = None  # the frozen network distillation learns from (stages.teacher_of)
+    latency: object = None  # the LatencyTable of latency budgets (jsp/pruning/latency.py), else None
     step: int = 0  # read freely; written only by goto()
 
     def goto(self, step: int) -> None:

@@ -38,6 +38,12 @@
 #          from scratch (equal steps), the dense reference
 #   recmeth  at 1 % and 10 % (BUDGETS): jsp and the criteria the headline compares it with:
 #          correlation, taylor, and jsp's redundancy ablation, each fine-tuned as jsp is
+#   lat    at a latency budget (LAT_BUDGETS, default "0.5 0.25": that fraction of the dense network's
+#          latency measured on this machine, torch eager, batch 1, full image): jsp through its budget
+#          controller (schedule.budget_on=latency), taylor and correlation to schedule.keep_latency; the
+#          latency table is cached in ~/.cache/jsp/latency per device and thread count, so run it with
+#          fixed OMP_NUM_THREADS and nothing else on the machine (the timings steer the cut)
+#   latr8  the same with schedule.round_to=8
 #   rec    at 1 % and 10 %: jsp with the recovery REC (the setting recgrid chose, e.g.
 #          REC="schedule.distill=0.5 schedule.distill_temperature=4"), and jsp's architecture
 #          from scratch distilled as REC distils
@@ -113,7 +119,7 @@ compare() {  # compare MODEL SEED METHOD KIND FRACTION [TAG OVERRIDES...]: one m
                schedule.budget_on="$kind" schedule.control_steps="$total" ;;  # jsp's architecture, new weights
     jsp|slimming|group_lasso|depgraph|gradient_count|redundancy)
       one "$dir" "$seed" "${model[@]}" "${from[@]}" method="$m" constraint.budget="$f" schedule.budget_on="$kind" ;;
-    *) [ "$kind" = params ] && target=schedule.keep_params || target=schedule.keep_macs
+    *) target=schedule.keep_$kind
        one "$dir" "$seed" "${model[@]}" "${from[@]}" method="$m" "$target=$f" ;;
   esac
 }
@@ -150,7 +156,13 @@ part() {  # part NAME SEED
            compare unet "$s" jsp params $f rec "${rec[@]}"
            [ ${#kd[@]} = 0 ] || compare unet "$s" scratch params $f kd "${kd[@]}"
          done ;;
-    *) echo "bench_compression.sh: unknown part $1 (p01 p10 m05 p01x p01y p10x p0025 m20 ctrl mnv3 mnv3p recgrid recbase recmeth rec)" >&2
+    lat) for f in ${LAT_BUDGETS:-0.5 0.25}; do
+           for m in jsp taylor correlation; do compare unet "$s" "$m" latency $f; done
+         done ;;
+    latr8) for f in ${LAT_BUDGETS:-0.5 0.25}; do
+             for m in jsp taylor correlation; do compare unet "$s" "$m" latency $f r8 schedule.round_to=8; done
+           done ;;
+    *) echo "bench_compression.sh: unknown part $1 (p01 p10 m05 p01x p01y p10x p0025 m20 ctrl mnv3 mnv3p recgrid recbase recmeth rec lat latr8)" >&2
        exit 2 ;;
   esac
 }

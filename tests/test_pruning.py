@@ -1,7 +1,6 @@
 """Structured pruning: budgets met, coupled channels removed together, function preserved."""
 import pytest
 import torch
-from torch import nn
 
 from jsp.constraints import CoupledGroupLasso, JSPConstraint, find_units
 from jsp.errors import ConfigError, JSPError

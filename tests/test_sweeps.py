@@ -317,5 +317,8 @@ def test_budgets_are_labelled_by_what_they_count_and_ordered_params_then_macs():
     assert _budget_of({}, {**one, "keep_macs": 0.05}) == "macs 0.05"
     assert _budget_of({"budget": 0.3}, {**one, "keep_params": 0.01}) == 0.01  # the schedule's target decides
     assert _budget_of({}, one) == "threshold" and _budget_of({"budget": 0.1}, {"rounds": 0}) == 1.0
-    labels = ["threshold", "macs 0.05", 0.01, 1.0, "macs 0.2", 0.0025]
-    assert sorted(labels, key=_keep_order) == [1.0, 0.01, 0.0025, "macs 0.2", "macs 0.05", "threshold"]
+    assert _budget_of({}, {**one, "keep_latency": 0.5}) == "latency 0.5"
+    assert _budget_of({"budget": 0.25}, {**one, "budget_on": "latency"}) == "latency 0.25"
+    labels = ["threshold", "latency 0.25", "macs 0.05", 0.01, 1.0, "latency 0.5", "macs 0.2", 0.0025]
+    assert sorted(labels, key=_keep_order) == [1.0, 0.01, 0.0025, "macs 0.2", "macs 0.05", "latency 0.5",
+                                               "latency 0.25", "threshold"]

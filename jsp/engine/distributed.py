@@ -113,6 +113,12 @@ def broadcast(obj):
     return box[0]
 
 
+def on_main(fn):
+    """``fn()`` run by rank 0 alone, its result on every rank (a measurement the others must
+    neither repeat nor disturb, e.g. a latency timing)."""
+    return broadcast(fn() if main() else None)
+
+
 def gather(obj) -> list:
     """[rank 0's obj, rank 1's, ...] on every rank."""
     if not active():

@@ -11,6 +11,7 @@ structure: build a new Pruner after ``prune`` (calls on a stale one fail with a 
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -23,6 +24,8 @@ from jsp.models import pad_multiple
 from jsp.pruning.pruner import ChannelGroups, Target, groups_of, layer_widths
 from jsp.pruning.surgery import MetaProbe, model_cost, remove_channels, zero_channels
 
+log = logging.getLogger("jsp")
+
 
 @dataclass(frozen=True)
 class PruneSettings:
@@ -30,12 +33,15 @@ class PruneSettings:
     (method.md s.4). eps: a unit is off when its norm is at most eps of its layer's largest;
     min_channels / min_keep: never leave a group narrower than this many / this fraction;
     round_to: kept widths rounded up to a multiple; cost_aware: rank by importance per
-    parameter ("params") or MAC ("macs") a channel saves, None by importance alone."""
+    parameter ("params"), MAC ("macs") or predicted ms ("latency") a channel saves, None by
+    importance alone; tolerance: a latency target is met when the measured fraction is within
+    this relative distance of it."""
     eps: float = 0.01
     min_channels: int = 1
     min_keep: float = 0.0
     round_to: int = 1
     cost_aware: str | None = None
+    tolerance: float = 0.05
 
 
 class Pruner:
@@ -43,12 +49,14 @@ class Pruner:
 
     layers: its unit layers (``find_units``); in_channels, full_size: the input the costs are
     counted at (MACs at the full image size); size: side of the square trace input (default
-    twice the model's stride).
+    twice the model's stride); latency: a ``LatencyTable`` (jsp/pruning/latency.py) for
+    latency targets and cost_aware="latency".
     """
 
     def __init__(self, model: nn.Module, layers: list[UnitLayer], in_channels: int, full_size: tuple[int, int],
-                 settings: PruneSettings = PruneSettings(), size: int | None = None):
-        self.model, self.layers, self.settings = model, layers, settings
+                 settings: PruneSettings = PruneSettings(), size: int | None = None, latency=None):
+        self.model, self.layers, self.settings, self.latency = model, layers, settings, latency
+        self.measured_keep: float | None = None  # the last latency cut's measured fraction
         self.in_channels, self.full_size = in_channels, full_size
         self.size = size or 2 * pad_multiple(model)
         self.example_shape = (1, in_channels, self.size, self.size)
@@ -56,7 +64,7 @@ class Pruner:
         with torch.enable_grad():  # Torch-Pruning traces the graph through autograd
             self.built = groups_of(model, layers, torch.zeros(self.example_shape, device=param.device,
                                                               dtype=param.dtype))
-        self._widths, self._probe = layer_widths(model), None
+        self._widths, self._probe, self._latency_costs = layer_widths(model), None, None
 
     def _check(self) -> None:
         if layer_widths(self.model) != self._widths:
@@ -65,7 +73,8 @@ class Pruner:
     @property
     def probe(self) -> MetaProbe:
         if self._probe is None:
-            self._probe = MetaProbe(self.model, self.layers, self.example_shape, self.in_channels, self.full_size)
+            self._probe = MetaProbe(self.model, self.layers, self.example_shape, self.in_channels, self.full_size,
+                                    self.latency)
         return self._probe
 
     def groups(self, scores: dict[str, torch.Tensor] | None = None,
@@ -74,12 +83,28 @@ class Pruner:
         switched-off flags of the current weights (or ``off``)."""
         self._check()
         scores = scores or {l.name: torch.ones(l.size) for l in self.layers}
+        costs = self.latency_costs() if self.settings.cost_aware == "latency" else None
         return ChannelGroups(self.model, self.layers, scores, self.in_channels, self.size, self.settings.eps,
-                             self.settings.cost_aware, off, built=self.built)
+                             self.settings.cost_aware, off, built=self.built, costs=costs)
 
-    def cost(self, mode: str) -> int:
-        """Parameters or MACs (at full_size) of the model now."""
-        return model_cost(self.model, mode, self.in_channels, self.full_size)
+    def latency_costs(self) -> list[float]:
+        """Per group, the predicted ms one channel saves: the table's saving when the group
+        loses round_to channels (its step, where kernels change speed), per channel; 0 for a
+        group at its floor."""
+        if self._latency_costs is None:
+            groups, k, floor = self.built[0], self.settings.round_to, max(1, self.settings.min_channels)
+            base, out = self.probe.cost([[] for _ in groups], "latency"), []
+            for g, group in enumerate(groups):
+                n = len(group[0].root_idxs)
+                drop = list(range(n - max(0, min(k, n - floor)), n))
+                chosen = [drop if h == g else [] for h in range(len(groups))]
+                out.append((base - self.probe.cost(chosen, "latency")) / max(len(drop), 1) if drop else 0.0)
+            self._latency_costs = out
+        return self._latency_costs
+
+    def cost(self, mode: str) -> float:
+        """Parameters, MACs (at full_size) or the latency table's predicted ms of the model now."""
+        return model_cost(self.model, mode, self.in_channels, self.full_size, self.latency)
 
     def cost_if_pruned(self, mode: str, off: dict[str, torch.Tensor] | None = None) -> float:
         """Fraction of the current cost left if the switched-off units (or those flagged in
@@ -105,6 +130,13 @@ class Pruner:
         select = lambda k: groups.select(k, st.min_channels, st.round_to, st.min_keep)  # noqa: E731
         if target.mode == "threshold":
             return select(None)
+        if target.mode == "latency":
+            return self._choose_latency(groups, target)
+        return self._search(groups, target)
+
+    def _search(self, groups: ChannelGroups, target: Target) -> list[list[int]]:
+        st = self.settings
+        select = lambda k: groups.select(k, st.min_channels, st.round_to, st.min_keep)  # noqa: E731
         budget = target.keep * self.cost(target.mode)
         cost_after = lambda k: self.probe.cost(select(k), target.mode)  # noqa: E731
         lo, hi = 0, groups.total()  # cost_after(lo) > budget unless nothing needs removing
@@ -120,6 +152,39 @@ class Pruner:
             lo, hi = (lo, mid) if cost_after(mid) <= budget else (mid, hi)
         chosen = select(hi)
         return self._give_back(groups, chosen, budget, target.mode) if st.round_to > 1 else chosen
+
+    def _choose_latency(self, groups: ChannelGroups, target: Target) -> list[list[int]]:
+        """A latency target: the search steers by the table's prediction; each candidate is
+        then built (fresh weights) and timed against the model as it is now, interleaved, and
+        the table's target corrected by the measured ratio, until the measured fraction is
+        within ``tolerance`` of the target (at most 4 candidates; the closest is kept). The
+        table misses what is not a convolution and how kernels overlap; the timing does not."""
+        if self.latency is None:
+            raise JSPError("a latency target needs a latency table (Pruner(latency=...))")
+        goal, t, best = target.keep, target.keep, None
+        now = self.model  # timed as a copy (LatencyTable.time_models): the live model is left alone
+        for _ in range(4):
+            try:
+                chosen = self._search(groups, Target("latency", min(1.0, t)))
+            except JSPError:  # the correction asked for less than any cut leaves
+                if best is None:
+                    raise
+                break
+            candidate = self.probe.materialise(chosen, self.latency.device)
+            now_ms, ms = self.latency.measure([now, candidate], self.in_channels, self.full_size)
+            log.info("latency cut: table target %.3f -> measured %.1f of %.1f ms (%.3f; goal %.3f)", t, ms, now_ms,
+                     ms / now_ms, goal)
+            if best is None or abs(ms / now_ms - goal) < abs(best[1] - goal):
+                best = (chosen, ms / now_ms)
+            if abs(ms / now_ms - goal) <= self.settings.tolerance * goal:
+                break
+            t *= goal / (ms / now_ms)
+        if abs(best[1] - goal) > self.settings.tolerance * goal:
+            log.warning("latency cut: the closest cut found keeps %.3f of the measured latency, not %.3f (the "
+                        "smallest these settings allow, e.g. schedule.round_to, or a noisy machine: time alone)",
+                        best[1], goal)
+        self.measured_keep = best[1]
+        return best[0]
 
     def _give_back(self, groups: ChannelGroups, chosen: list[list[int]], budget: float, mode: str) -> list[list[int]]:
         """Rounding removes channels round_to at a time, so the search can stop well under the

@@ -24,14 +24,15 @@ from jsp.errors import ConfigError
 @dataclass
 class Target:
     """What to prune to. mode: "threshold" (units switched off: norm <= eps * layer max),
-    "params" (keep this fraction of the parameters), "macs" (keep this fraction of the MACs)."""
+    "params" (keep this fraction of the parameters), "macs" (keep this fraction of the MACs),
+    "latency" (keep this fraction of the measured latency)."""
 
     mode: str = "threshold"
     keep: float = 1.0
 
     def __post_init__(self):
-        if self.mode not in ("threshold", "params", "macs"):
-            raise ConfigError(f"pruning target must be threshold, params or macs, got {self.mode!r}")
+        if self.mode not in ("threshold", "params", "macs", "latency"):
+            raise ConfigError(f"pruning target must be threshold, params, macs or latency, got {self.mode!r}")
         if self.mode != "threshold" and not 0 < self.keep <= 1:
             raise ConfigError(f"the kept fraction must be in (0, 1], got {self.keep}")
 
@@ -90,12 +91,15 @@ class ChannelGroups:
     removal saves (relative to the mean channel cost), so budgets favour cheap importance
     (method.md s.4); None ranks by importance alone. ``off``: {layer: (U,) bool} switched-off
     units (default: ``UnitLayer.off(eps)``). ``built``: the (groups, graph) of ``groups_of``
-    for the model as it is now, so a Pruner's one graph serves every call.
+    for the model as it is now, so a Pruner's one graph serves every call. ``costs``: per
+    group, what one of its channels costs (needed for cost_aware="latency": ``Pruner`` gives
+    the latency table's saving per channel).
     """
 
     def __init__(self, model: nn.Module, layers: list[UnitLayer], scores: dict[str, torch.Tensor],
                  in_channels: int, size: int, eps: float = 0.01, cost_aware: str | None = None,
-                 off: dict[str, torch.Tensor] | None = None, built: tuple | None = None):
+                 off: dict[str, torch.Tensor] | None = None, built: tuple | None = None,
+                 costs: list[float] | None = None):
         self.example_shape = (1, in_channels, size, size)
         param = next(model.parameters())
         example = torch.zeros(self.example_shape, device=param.device, dtype=param.dtype)
@@ -104,12 +108,15 @@ class ChannelGroups:
         pixels = _spatial_sizes(model, example) if cost_aware == "macs" else {}
         by_conv = {id(l.conv): l for l in layers}
         off_of = {l.name: (l.off(eps) if off is None else off[l.name]).cpu() for l in layers}
-        self.sizes, self.scores, self.off, costs = [], [], [], []
+        if cost_aware == "latency" and costs is None:
+            raise ValueError("cost_aware='latency' needs the groups' latency costs (costs=...)")
+        self.sizes, self.scores, self.off = [], [], []
+        costs = costs or [sum(_channel_cost(item, graph, pixels, cost_aware == "macs") for item in group)
+                          for group in (groups if cost_aware else ())]
         for group in groups:
             n = len(group[0].root_idxs)
             total, count = torch.zeros(n), torch.zeros(n)
             off = torch.ones(n, dtype=torch.bool)
-            costs.append(sum(_channel_cost(item, graph, pixels, cost_aware == "macs") for item in group))
             for item in group:
                 layer = by_conv.get(id(item.dep.target.module))
                 if layer is None or not graph.is_out_channel_pruning_fn(item.dep.handler):

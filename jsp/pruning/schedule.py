@@ -58,14 +58,19 @@ class Schedule:
         importance: how units are ranked (one of IMPORTANCES).
         keep_params: keep this fraction of the dense parameters (None: not a parameter budget).
         keep_macs: keep this fraction of the dense MACs (None: not a MAC budget).
-            With neither, the target is ``threshold``: remove the units switched off
+        keep_latency: keep this fraction of the measured latency (torch eager, batch 1, full
+            image, this device; jsp/pruning/latency.py): a latency table steers the cut and a
+            timing of each candidate corrects it (None: not a latency budget).
+            With none of the three, the target is ``threshold``: remove the units switched off
             (``constraint.eps``, the rule the unit report counts with).
         min_channels: never leave a channel group narrower than this.
         min_keep: never keep less than this fraction of a channel group.
         normalize: per-layer score normalisation, "max" or "rank" (method.md s.4).
-        cost_aware: rank by importance per parameter ("params") or MAC ("macs") removed;
-            None ranks by importance alone.
-        budget_on: what ``constraint.budget`` counts, "params" or "macs".
+        cost_aware: rank by importance per parameter ("params"), MAC ("macs") or predicted ms
+            ("latency", HALP's allocation) removed; "none" by importance alone; None (the
+            default) is "latency" for a latency budget and "none" otherwise.
+        budget_on: what ``constraint.budget`` counts, "params", "macs" or "latency".
+        latency_cache: the folder of the latency tables (one per device description).
         round_to: round kept widths up to a multiple of this (1 = no rounding).
         finetune_steps: training steps after each pruning (0 = no fine-tuning).
         finetune_lr_scale: fine-tuning peak lr = trainer.lr * this.
@@ -92,22 +97,26 @@ class Schedule:
                  finetune_steps: int = 300, finetune_lr_scale: float = 1.0, constraint_scale: float = 0.0,
                  seed: int = 0, min_keep: float = 0.0, normalize: str = "max", cost_aware: str | None = None,
                  budget_on: str = "params", control_steps: int | None = None, distill: float = 0.0,
-                 distill_temperature: float = 1.0, finetune_lr: str = "cosine", control_compute: bool = False):
+                 distill_temperature: float = 1.0, finetune_lr: str = "cosine", control_compute: bool = False,
+                 keep_latency: float | None = None, latency_cache: str = "~/.cache/jsp/latency"):
         if rounds < 0:
             raise ConfigError(f"schedule.rounds must be >= 0, got {rounds}")
         check_importance(importance)
         if normalize not in NORMALIZE:
             raise ConfigError(f"schedule.normalize must be one of {list(NORMALIZE)}, got {normalize!r}")
+        if cost_aware is None and (keep_latency is not None or budget_on == "latency"):
+            cost_aware = "latency"
         if cost_aware in (False, "none"):
             cost_aware = None
-        if cost_aware not in (None, "params", "macs") or budget_on not in ("params", "macs"):
-            raise ConfigError(f"schedule.cost_aware must be null, params or macs and schedule.budget_on params or "
-                              f"macs, got {cost_aware!r}, {budget_on!r}")
+        if cost_aware not in (None, "params", "macs", "latency") or budget_on not in ("params", "macs", "latency"):
+            raise ConfigError(f"schedule.cost_aware must be null, none, params, macs or latency and schedule.budget_on "
+                              f"params, macs or latency, got {cost_aware!r}, {budget_on!r}")
         if not 0 <= min_keep < 1:
             raise ConfigError(f"schedule.min_keep must be in [0, 1), got {min_keep}")
-        if keep_params is not None and keep_macs is not None:
-            raise ConfigError("set schedule.keep_params or schedule.keep_macs, not both")
-        for name, v in (("keep_params", keep_params), ("keep_macs", keep_macs)):
+        keeps = {"keep_params": keep_params, "keep_macs": keep_macs, "keep_latency": keep_latency}
+        if sum(v is not None for v in keeps.values()) > 1:
+            raise ConfigError("set one of schedule.keep_params, keep_macs and keep_latency, not several")
+        for name, v in keeps.items():
             if v is not None and not 0 < v <= 1:
                 raise ConfigError(f"schedule.{name} must be in (0, 1], got {v}")
         if control_steps is not None and control_steps < 1:
@@ -116,7 +125,8 @@ class Schedule:
             raise ConfigError("schedule.min_channels and round_to must be >= 1, finetune_steps and "
                               "constraint_scale >= 0")
         self.rounds, self.importance = rounds, importance
-        self.keep_params, self.keep_macs = keep_params, keep_macs
+        self.keep_params, self.keep_macs, self.keep_latency = keep_params, keep_macs, keep_latency
+        self.latency_cache = latency_cache
         self.min_channels, self.round_to = min_channels, round_to
         self.finetune_steps, self.finetune_lr_scale = finetune_steps, finetune_lr_scale
         self.constraint_scale, self.seed = constraint_scale, seed
@@ -132,11 +142,20 @@ class Schedule:
 
     @property
     def mode(self) -> str:
-        return "params" if self.keep_params is not None else "macs" if self.keep_macs is not None else "threshold"
+        for mode in ("params", "macs", "latency"):
+            if getattr(self, f"keep_{mode}") is not None:
+                return mode
+        return "threshold"
+
+    @property
+    def uses_latency(self) -> bool:
+        """Whether a cut or the budget is costed in latency (a latency table is needed)."""
+        return self.rounds > 0 and (self.mode == "latency" or self.budget_on == "latency" or
+                                    self.cost_aware == "latency")
 
     def keep_at(self, round_: int) -> float:
         """Fraction of the dense cost kept after round ``round_`` (1-based)."""
-        keep = self.keep_params if self.keep_params is not None else self.keep_macs
+        keep = None if self.mode == "threshold" else getattr(self, f"keep_{self.mode}")
         return 1.0 if keep is None else keep ** (round_ / self.rounds)
 
     def targets(self) -> list[tuple[Target, float]]:
@@ -178,7 +197,7 @@ class Schedule:
         if self.rounds == 0:
             return {"rounds": 0}
         return {"rounds": self.rounds, "importance": self.importance, "mode": self.mode,
-                "keep_params": self.keep_params, "keep_macs": self.keep_macs,
+                "keep_params": self.keep_params, "keep_macs": self.keep_macs, "keep_latency": self.keep_latency,
                 "min_channels": self.min_channels, "round_to": self.round_to, "min_keep": self.min_keep,
                 "normalize": self.normalize, "cost_aware": self.cost_aware, "finetune_steps": self.finetune_steps,
                 "distill": self.distill, "distill_temperature": self.distill_temperature,

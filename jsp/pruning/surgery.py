@@ -124,7 +124,12 @@ def meta_copy(model: nn.Module, layers: list[UnitLayer]) -> tuple[nn.Module, lis
     return clone, mapped
 
 
-def model_cost(model: nn.Module, mode: str, in_channels: int, full_size: tuple[int, int]) -> int:
+def model_cost(model: nn.Module, mode: str, in_channels: int, full_size: tuple[int, int], latency=None) -> float:
+    """Parameters, MACs at ``full_size``, or the ``latency`` table's predicted ms."""
+    if mode == "latency":
+        if latency is None:
+            raise RuntimeError("a latency cost needs a latency table (Pruner(latency=...))")
+        return latency.predict(model, in_channels, full_size)
     return count_params(model) if mode == "params" else count_macs(model, in_channels, full_size)
 
 
@@ -132,27 +137,40 @@ class MetaProbe:
     """What ``model`` would cost after removing chosen channels, measured by real surgery on
     one meta-device copy (no memory, no compute) whose dependency graph is built once: each
     probe prunes the copy through its groups, counts, and puts back every tensor and size the
-    surgery replaced (modules' parameters, buffers and widths; concatenation offsets)."""
+    surgery replaced (modules' parameters, buffers and widths; concatenation offsets).
+    ``latency``: the LatencyTable that costs mode "latency"."""
 
     def __init__(self, model: nn.Module, layers: list[UnitLayer], example_shape, in_channels: int,
-                 full_size: tuple[int, int]):
+                 full_size: tuple[int, int], latency=None):
         self.clone, mapped = meta_copy(model, layers)
         self.groups, self.graph = groups_of(self.clone, mapped, torch.zeros(example_shape, device="meta"))
-        self.in_channels, self.full_size = in_channels, full_size
+        self.in_channels, self.full_size, self.latency = in_channels, full_size, latency
         self.saved = [(m, dict(m._parameters), dict(m._buffers),
                        {k: copy.copy(v) for k, v in vars(m).items()
                         if not k.startswith("_") and isinstance(v, (int, float, bool, list, tuple))})
                       for m in self.graph.module2node if isinstance(m, nn.Module)]
 
-    def cost(self, chosen: list[list[int]], mode: str) -> int:
-        """Params or MACs of the model with ``chosen`` root channels removed from each group."""
+    def cost(self, chosen: list[list[int]], mode: str) -> float:
+        """Params, MACs or predicted ms of the model with ``chosen`` root channels removed from each group."""
+        return self._pruned(chosen, lambda: model_cost(self.clone, mode, self.in_channels, self.full_size,
+                                                       self.latency))
+
+    def materialise(self, chosen: list[list[int]], device: torch.device | str) -> nn.Module:
+        """A real model of the architecture ``chosen`` leaves, on ``device``, with fresh
+        weights (to time it: the values do not matter)."""
+        model = self._pruned(chosen, lambda: copy.deepcopy(self.clone)).to_empty(device=device)
+        reinitialise(model)
+        return model.eval()
+
+    def _pruned(self, chosen: list[list[int]], what):
+        """``what()`` while the copy has ``chosen`` removed; the copy is put back after."""
         if len(self.groups) != len(chosen):
             raise RuntimeError("the model's channel groups changed between planning and surgery")
         try:
             for group, idxs in zip(self.groups, chosen):
                 if idxs:
                     group.prune(idxs=idxs)
-            return model_cost(self.clone, mode, self.in_channels, self.full_size)
+            return what()
         finally:
             for m, params, buffers, sizes in self.saved:
                 m._parameters.clear()
@@ -181,3 +199,13 @@ def zero_channels(layers: list[UnitLayer], groups: ChannelGroups, chosen: list[l
             zeroed += int((mask & (layer.norms().cpu() > 0)).sum())
             layer.zero_(mask)
     return zeroed
+
+
+@torch.no_grad()
+def reinitialise(model: nn.Module) -> None:
+    """Every layer's default initialisation and fresh BatchNorm statistics, in place."""
+    for m in model.modules():
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
