@@ -5,6 +5,7 @@ and ONNX Runtime, batch 1 and 8.
 
     python scripts/bench_latency.py START_RUN [RUN ...] [--out outputs/bench_latency] [--threads 2]
     python scripts/bench_latency.py --fresh mobilenetv3_small [--out ...]   # no trained start
+    python scripts/bench_latency.py START_RUN RUN ... --no-variants        # the runs alone
 
 START_RUN: a dense run dir (the benchmark's start); or --fresh: the CPU tier's MobileNetV3-Small
 (or UNet) with new weights, saved at DRIVE's size (timing needs the widths, not trained weights). The architecture-only variants are the
@@ -78,12 +79,13 @@ def main() -> None:
     p.add_argument("--out", default="outputs/bench_latency")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--no-variants", action="store_true", help="time START and the RUNs only (no l1_norm variants)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     out = Path(a.out)
     if a.fresh:
         a.start = str(fresh(a.fresh, out))
-    models = [a.start, *map(str, variants(Path(a.start), out)), *a.runs]
+    models = [a.start, *([] if a.no_variants else map(str, variants(Path(a.start), out))), *a.runs]
     report = bench(models, ["torch", "onnxruntime"], [1, 8], "cpu", a.rounds, 0.5)
     print(table(report))
     write_report(report, out / "latency.json")
