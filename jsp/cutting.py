@@ -42,6 +42,19 @@ def pruner_of(state: RunState) -> Pruner:
                   latency=state.latency)
 
 
+def calibrate_latency(state: RunState) -> None:
+    """Fit the latency table's line on the dense network and the smallest cut the schedule's
+    settings allow, timed side by side, so its predictions (what the budget controller steers
+    and the search aims with) are in measured milliseconds."""
+    s, pruner = state.schedule, pruner_of(state)
+    groups = pruner.groups()
+    smallest = pruner.probe.materialise(groups.select(groups.total(), s.min_channels, s.round_to, s.min_keep),
+                                        state.latency.device)
+    ms = state.latency.calibrate([state.model, smallest], state.c_in, state.data.full_size)
+    log.info("latency: measured %.1f ms dense, %.1f ms the smallest cut; the table's convolutions x %.3f + %.1f ms",
+             ms[0], ms[1], state.latency.scale, state.latency.offset)
+
+
 def check_reachable(state: RunState) -> None:
     """Refuse, before training, a target no cut can meet: every group at its floor
     (schedule.min_channels, min_keep, rounded up to round_to) still costs more."""

@@ -112,6 +112,21 @@ def test_a_latency_target_is_met_within_five_percent_of_the_measured_latency(rou
     assert model(torch.zeros(1, 3, *SIZE)).shape == (1, 2, *SIZE)
 
 
+def test_calibration_puts_the_tables_predictions_in_measured_milliseconds():
+    model, table = unet(), FakeLatency("cpu")
+    layers = find_units(model, 3)
+    pruner = Pruner(model, layers, 3, SIZE, PruneSettings(min_channels=2), latency=table)
+    groups = pruner.groups()
+    smallest = pruner.probe.materialise(groups.select(groups.total(), 2), "cpu")
+    middle = pruner.probe.materialise(groups.select(groups.total() // 2, 2), "cpu")
+    raw = table.predict(middle, 3, SIZE)
+    ms = table.calibrate([model, smallest], 3, SIZE)
+    assert ms == [table.truth(model, 3, SIZE), table.truth(smallest, 3, SIZE)]
+    assert table.predict(model, 3, SIZE) == pytest.approx(ms[0]) and table.predict(smallest, 3, SIZE) == pytest.approx(ms[1])
+    truth = table.truth(middle, 3, SIZE)  # a network between the two: the line is far closer than the sum
+    assert abs(table.predict(middle, 3, SIZE) - truth) < 0.25 * abs(raw - truth)
+
+
 def test_latency_aware_allocation_prunes_where_a_channel_saves_most_time():
     model, table = unet(), FakeLatency("cpu")
     layers = find_units(model, 3)

@@ -125,6 +125,7 @@ class LatencyTable:
             self.path = Path(cache_dir).expanduser() / f"{key}.json"
         self.entries: dict[str, float] = self._load()
         self.measured = 0
+        self.scale, self.offset = 1.0, 0.0  # predict = scale * (sum of the table's convolutions) + offset
 
     def describe(self) -> dict:
         """What the timings depend on besides the shapes: a change starts a new table."""
@@ -169,10 +170,27 @@ class LatencyTable:
         return self.entries[key]
 
     def predict(self, model: nn.Module, in_channels: int, size: tuple[int, int]) -> float:
-        """Predicted latency (ms) of ``model`` at ``size``: the sum of its convolutions'."""
+        """Predicted latency (ms) of ``model`` at ``size``: the sum of its convolutions', then
+        the calibration's line (``calibrate``; none: the sum itself)."""
         total = sum(self.conv_ms(s) for s in conv_shapes(model, in_channels, size))
         self.save()
-        return total
+        return self.scale * total + self.offset
+
+    def calibrate(self, models: list[nn.Module], in_channels: int, size: tuple[int, int]) -> list[float]:
+        """Fit measured = scale * table + offset through two networks timed side by side (the
+        dense one and the smallest cut: the ends of what a search visits); returns their ms.
+        The table sums convolutions alone, and what else runs (normalisation, activations,
+        pooling, copies, the framework's overhead) grows with the network too, so a line
+        corrects most of it. A fit that would be negative somewhere falls back to a scale."""
+        self.scale, self.offset = 1.0, 0.0
+        raw = [self.predict(m, in_channels, size) for m in models]
+        ms = self.measure(models, in_channels, size)
+        slope = (ms[0] - ms[-1]) / (raw[0] - raw[-1]) if len(models) > 1 and raw[0] != raw[-1] else 0.0
+        if slope > 0 and ms[0] - slope * raw[0] >= 0:
+            self.scale, self.offset = slope, ms[0] - slope * raw[0]
+        else:
+            self.scale = ms[0] / raw[0]
+        return ms
 
     def measure(self, models: list[nn.Module], in_channels: int, size: tuple[int, int]) -> list[float]:
         """``time_models`` through ``share``."""
