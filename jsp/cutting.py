@@ -55,6 +55,25 @@ def calibrate_latency(state: RunState) -> None:
              ms[0], ms[1], state.latency.scale, state.latency.offset)
 
 
+def recalibrate_latency(state: RunState, pruner: Pruner) -> None:
+    """During a budget run on latency: refit the table's line through the dense architecture
+    and what the threshold cut would leave now, timed side by side. A line fitted at setup on
+    the dense and the smallest network can be 30 % off in between (a UNet that keeps its
+    full-resolution layers and loses its deep ones); a secant through the point the controller
+    is steering is not."""
+    s = state.schedule
+    cut = pruner.groups().select(None, s.min_channels, s.round_to, s.min_keep)
+    if not any(cut):
+        return
+    dense = pruner.probe.materialise([[] for _ in cut], state.latency.device)
+    ms = state.latency.calibrate([dense, pruner.probe.materialise(cut, state.latency.device)], state.c_in,
+                                 state.data.full_size)
+    state.dense_cost["latency"] = state.latency.predict(dense, state.c_in, state.data.full_size)
+    pruner._latency_costs = None  # the allocation's costs were in the old line's milliseconds
+    log.info("latency: recalibrated at the controller's point: %.1f of %.1f ms (%.3f); convolutions x %.3f %+.1f ms",
+             ms[1], ms[0], ms[1] / ms[0], state.latency.scale, state.latency.offset)
+
+
 def check_reachable(state: RunState) -> None:
     """Refuse, before training, a target no cut can meet: every group at its floor
     (schedule.min_channels, min_keep, rounded up to round_to) still costs more."""
@@ -73,6 +92,8 @@ def enforce_budget(state: RunState, pruner: Pruner) -> None:
     """The budget deadline (constraint.budget_deadline): zero what the cut would remove to meet
     the budget, the switched-off units first, then the least important by schedule.importance."""
     s = state.schedule
+    if s.budget_on == "latency":
+        recalibrate_latency(state, pruner)
     kept = pruner.cost_if_pruned(s.budget_on)
     target = Target(s.budget_on, min(1.0, state.budget * state.dense_cost[s.budget_on] / pruner.cost(s.budget_on)))
     zeroed = pruner.zero(unit_scores(state), target)

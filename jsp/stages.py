@@ -22,7 +22,7 @@ from torch import nn
 
 from jsp.constraints.base import Scaled
 from jsp.constraints.budget import BudgetController
-from jsp.cutting import enforce_budget, fresh_weights, pruner_of, snap, uniform
+from jsp.cutting import enforce_budget, fresh_weights, pruner_of, recalibrate_latency, snap, uniform
 from jsp.engine import dense_cache, distributed
 from jsp.engine.checkpoint import save_state
 from jsp.engine.evaluate import write_per_image
@@ -161,12 +161,28 @@ def attach_controller(state: RunState, s: LoopSettings, resume: dict | None) -> 
         rest[t] = rest[t + 1] + lr_at(t, s)
     c, pruner, mode = state.constraint, pruner_of(state), state.schedule.budget_on
     forecast = lambda step: pruner.cost_if_pruned(mode, c.forecast_off(rest[step + 1]))  # noqa: E731
+    actual = lambda: pruner.cost_if_pruned(mode)  # noqa: E731
+    if mode == "latency":  # the table's line refitted where the controller is, every tenth of the stage
+        actual = recalibrating(state, pruner, actual, max(1, s.steps // (10 * c.budget_every)))
     c.controller = BudgetController(state.budget, forecast, s.steps, c.budget_every, ramp=c.budget_ramp,
-                                    actual=lambda: pruner.cost_if_pruned(mode), deadline=c.budget_deadline,
+                                    actual=actual, deadline=c.budget_deadline,
                                     enforce=lambda: enforce_budget(state, pruner))
     if resume:
         c.load_state_dict(resume["constraint"])
     return pruner
+
+
+def recalibrating(state: RunState, pruner: Pruner, actual, n: int):
+    """``actual`` that first refits the latency table's line (``cutting.recalibrate_latency``)
+    on its first call and every ``n``-th after: timing costs seconds, a check milliseconds."""
+    calls = [0]
+
+    def wrapped() -> float:
+        if calls[0] % n == 0:
+            recalibrate_latency(state, pruner)
+        calls[0] += 1
+        return actual()
+    return wrapped
 
 
 def take_resume_state(state: RunState, name: str) -> dict | None:

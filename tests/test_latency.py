@@ -127,6 +127,25 @@ def test_calibration_puts_the_tables_predictions_in_measured_milliseconds():
     assert abs(table.predict(middle, 3, SIZE) - truth) < 0.25 * abs(raw - truth)
 
 
+def test_a_budget_run_refits_the_line_through_the_cut_its_controller_is_heading_for():
+    from types import SimpleNamespace
+
+    from jsp.cutting import recalibrate_latency
+
+    model, table = unet(), FakeLatency("cpu")
+    layers = find_units(model, 3)
+    for layer in layers[1:5]:  # units the constraint has switched off: half of four layers
+        layer.zero_(torch.arange(layer.size) < layer.size // 2)
+    state = SimpleNamespace(schedule=Schedule(budget_on="latency"), latency=table, c_in=3,
+                            data=SimpleNamespace(full_size=SIZE), dense_cost={})
+    pruner = Pruner(model, layers, 3, SIZE, PruneSettings(), latency=table)
+    recalibrate_latency(state, pruner)
+    cut = pruner.probe.materialise(pruner.groups().select(None), "cpu")
+    assert state.dense_cost["latency"] == pytest.approx(table.truth(model, 3, SIZE))
+    assert table.predict(cut, 3, SIZE) == pytest.approx(table.truth(cut, 3, SIZE))  # the line passes through it
+    assert pruner.cost_if_pruned("latency") == pytest.approx(table.truth(cut, 3, SIZE) / table.truth(model, 3, SIZE))
+
+
 def test_latency_aware_allocation_prunes_where_a_channel_saves_most_time():
     model, table = unet(), FakeLatency("cpu")
     layers = find_units(model, 3)
@@ -163,6 +182,8 @@ TINY = [*TINY_SYNTHETIC, "model.width=8", "model.depth=2", "trainer.steps=30", "
 ], ids=["keep_latency", "budget_on"])
 def test_runs_with_a_latency_budget_record_the_measured_fraction_and_reuse_the_table(tmp_path, caplog, monkeypatch,
                                                                                      overrides):
+    """Each run calibrates the table on the dense and the smallest network, and its cut keeps
+    at most the budget (within 5 %) of the fake's measured latency."""
     monkeypatch.setattr("jsp.pipeline.LatencyTable", FakeLatency)  # deterministic: timings are a benchmark
     cache = tmp_path / "tables"
     for name in ("a", "b"):
@@ -178,3 +199,13 @@ def test_runs_with_a_latency_budget_record_the_measured_fraction_and_reuse_the_t
         timed = [r.getMessage() for r in caplog.records if "convolutions timed now" in r.getMessage()]
         assert len(timed) == 1 and ((name == "a") != ("(0 convolutions timed now)" in timed[0])), timed
     assert len(list(cache.glob("*.json"))) == 1
+
+
+def test_the_uniform_control_shrinks_to_a_latency_budget(tmp_path, monkeypatch):
+    monkeypatch.setattr("jsp.pipeline.LatencyTable", FakeLatency)
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[*TINY, "method=uniform", "schedule.keep_params=null", "schedule.keep_latency=0.5",
+                                                      f"schedule.latency_cache={tmp_path / 'tables'}"])
+        run(cfg, tmp_path / "run")
+    final = json.loads((tmp_path / "run" / "metrics.json").read_text())["final"]
+    assert 0.1 < final["macs_ratio"] < 0.7, final["macs_ratio"]  # one width factor for half the (fake) latency

@@ -174,19 +174,21 @@ class LatencyTable:
         the calibration's line (``calibrate``; none: the sum itself)."""
         total = sum(self.conv_ms(s) for s in conv_shapes(model, in_channels, size))
         self.save()
-        return self.scale * total + self.offset
+        return max(self.scale * total + self.offset, 0.0)
 
     def calibrate(self, models: list[nn.Module], in_channels: int, size: tuple[int, int]) -> list[float]:
-        """Fit measured = scale * table + offset through two networks timed side by side (the
-        dense one and the smallest cut: the ends of what a search visits); returns their ms.
-        The table sums convolutions alone, and what else runs (normalisation, activations,
-        pooling, copies, the framework's overhead) grows with the network too, so a line
-        corrects most of it. A fit that would be negative somewhere falls back to a scale."""
+        """Fit measured = scale * table + offset through two networks timed side by side
+        (at setup the dense one and the smallest cut, the ends of what a search visits; during
+        a budget run the dense one and the cut the controller is heading for: a secant through
+        the point it steers); returns their ms. The table sums convolutions alone, and what
+        else runs (normalisation, activations, pooling, copies, the framework's overhead) grows
+        with the network too, so a line corrects most of it. Without two distinct points (or a
+        falling line) the sum is scaled to the first network's time."""
         self.scale, self.offset = 1.0, 0.0
         raw = [self.predict(m, in_channels, size) for m in models]
         ms = self.measure(models, in_channels, size)
         slope = (ms[0] - ms[-1]) / (raw[0] - raw[-1]) if len(models) > 1 and raw[0] != raw[-1] else 0.0
-        if slope > 0 and ms[0] - slope * raw[0] >= 0:
+        if slope > 0:
             self.scale, self.offset = slope, ms[0] - slope * raw[0]
         else:
             self.scale = ms[0] / raw[0]
