@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass, replace
@@ -25,6 +24,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from jsp.provenance import cpu_name
 
 log = logging.getLogger("jsp")
 
@@ -130,7 +131,7 @@ class LatencyTable:
     def describe(self) -> dict:
         """What the timings depend on besides the shapes: a change starts a new table."""
         dev = self.device
-        name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name()
+        name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name()
         return {"device": dev.type, "name": name, "threads": torch.get_num_threads(), "torch": torch.__version__,
                 "dtype": "float32", "runtime": "torch eager", "batch": 1}
 
@@ -251,12 +252,3 @@ def _median_ms(calls: list, device: torch.device, blocks: int, stat=statistics.m
             times[i].append((time.perf_counter() - t) / reps[i])
     return [1000 * stat(t) for t in times]
 
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
