@@ -42,36 +42,30 @@ def pruner_of(state: RunState) -> Pruner:
                   latency=state.latency)
 
 
-def calibrate_latency(state: RunState) -> None:
-    """Fit the latency table's line on the dense network and the smallest cut the schedule's
-    settings allow, timed side by side, so its predictions (what the budget controller steers
-    and the search aims with) are in measured milliseconds."""
-    s, pruner = state.schedule, pruner_of(state)
-    groups = pruner.groups()
-    smallest = pruner.probe.materialise(groups.select(groups.total(), s.min_channels, s.round_to, s.min_keep),
-                                        state.latency.device)
-    ms = state.latency.calibrate([state.model, smallest], state.c_in, state.data.full_size)
-    log.info("latency: measured %.1f ms dense, %.1f ms the smallest cut; the table's convolutions x %.3f + %.1f ms",
-             ms[0], ms[1], state.latency.scale, state.latency.offset)
-
-
-def recalibrate_latency(state: RunState, pruner: Pruner) -> None:
-    """During a budget run on latency: refit the table's line through the dense architecture
-    and what the threshold cut would leave now, timed side by side. A line fitted at setup on
-    the dense and the smallest network can be 30 % off in between (a UNet that keeps its
+def calibrate_latency(state: RunState, pruner: Pruner | None = None) -> None:
+    """Fit the latency table's line through two networks timed side by side, so its
+    predictions (what the budget controller steers and the search aims with) are in measured
+    milliseconds. At setup (no ``pruner``): the dense network and the smallest cut the
+    schedule's settings allow. During a budget run on latency (``pruner``: the controller's):
+    the dense architecture and what the threshold cut would leave now. A line through the
+    dense and the smallest network can be 30 % off in between (a UNet that keeps its
     full-resolution layers and loses its deep ones); a secant through the point the controller
-    is steering is not."""
-    s = state.schedule
-    cut = pruner.groups().select(None, s.min_channels, s.round_to, s.min_keep)
-    if not any(cut):
+    is steering is not. Rescaling the line leaves the latency-aware ranking as it was (every
+    channel's saving scales alike)."""
+    s, at_setup = state.schedule, pruner is None
+    pruner = pruner or pruner_of(state)
+    groups = pruner.groups()
+    cut = groups.select(groups.total() if at_setup else None, s.min_channels, s.round_to, s.min_keep)
+    if not any(cut) and not at_setup:
         return
-    dense = pruner.probe.materialise([[] for _ in cut], state.latency.device)
-    ms = state.latency.calibrate([dense, pruner.probe.materialise(cut, state.latency.device)], state.c_in,
+    # nothing to cut at setup (every group at its floor): the dense network alone scales the sum
+    ends = [[[] for _ in cut]] + ([cut] if any(cut) else [])
+    ms = state.latency.calibrate([pruner.probe.materialise(c, state.latency.device) for c in ends], state.c_in,
                                  state.data.full_size)
-    state.dense_cost["latency"] = state.latency.predict(dense, state.c_in, state.data.full_size)
-    pruner._latency_costs = None  # the allocation's costs were in the old line's milliseconds
-    log.info("latency: recalibrated at the controller's point: %.1f of %.1f ms (%.3f); convolutions x %.3f %+.1f ms",
-             ms[1], ms[0], ms[1] / ms[0], state.latency.scale, state.latency.offset)
+    state.dense_cost["latency"] = ms[0]  # the line passes through the dense network's time
+    log.info("latency: %s %.1f of %.1f ms dense (%.3f); the table's convolutions x %.3f %+.1f ms",
+             "the smallest cut" if at_setup else "recalibrated at the controller's point:", ms[-1], ms[0],
+             ms[-1] / ms[0], state.latency.scale, state.latency.offset)
 
 
 def check_reachable(state: RunState) -> None:
@@ -93,7 +87,7 @@ def enforce_budget(state: RunState, pruner: Pruner) -> None:
     the budget, the switched-off units first, then the least important by schedule.importance."""
     s = state.schedule
     if s.budget_on == "latency":
-        recalibrate_latency(state, pruner)
+        calibrate_latency(state, pruner)
     kept = pruner.cost_if_pruned(s.budget_on)
     target = Target(s.budget_on, min(1.0, state.budget * state.dense_cost[s.budget_on] / pruner.cost(s.budget_on)))
     zeroed = pruner.zero(unit_scores(state), target)

@@ -159,8 +159,7 @@ def _model(state: RunState, cfg: DictConfig) -> None:
                         "macs": count_macs(state.model, state.c_in, data.full_size)}
     if state.schedule.uses_latency:  # the latency table: timed here, on the run's device, or read from its cache
         state.latency = LatencyTable(state.device, state.schedule.latency_cache, share=distributed.on_main)
-        cutting.calibrate_latency(state)
-        state.dense_cost["latency"] = state.latency.predict(state.model, state.c_in, data.full_size)
+        cutting.calibrate_latency(state)  # sets dense_cost["latency"]: the dense network's measured ms
         log.info("latency: the table (%s) predicts %.1f ms for the dense network (%d convolutions timed now)",
                  state.latency.path, state.dense_cost["latency"], state.latency.measured)
     cutting.check_reachable(state)  # a budget no cut can meet fails now, not after training

@@ -22,7 +22,7 @@ from torch import nn
 
 from jsp.constraints.base import Scaled
 from jsp.constraints.budget import BudgetController
-from jsp.cutting import enforce_budget, fresh_weights, pruner_of, recalibrate_latency, snap, uniform
+from jsp.cutting import enforce_budget, fresh_weights, pruner_of, calibrate_latency, snap, uniform
 from jsp.engine import dense_cache, distributed
 from jsp.engine.checkpoint import save_state
 from jsp.engine.evaluate import write_per_image
@@ -173,13 +173,13 @@ def attach_controller(state: RunState, s: LoopSettings, resume: dict | None) -> 
 
 
 def recalibrating(state: RunState, pruner: Pruner, actual, n: int):
-    """``actual`` that first refits the latency table's line (``cutting.recalibrate_latency``)
+    """``actual`` that first refits the latency table's line (``cutting.calibrate_latency``)
     on its first call and every ``n``-th after: timing costs seconds, a check milliseconds."""
     calls = [0]
 
     def wrapped() -> float:
         if calls[0] % n == 0:
-            recalibrate_latency(state, pruner)
+            calibrate_latency(state, pruner)
         calls[0] += 1
         return actual()
     return wrapped

@@ -130,7 +130,7 @@ def test_calibration_puts_the_tables_predictions_in_measured_milliseconds():
 def test_a_budget_run_refits_the_line_through_the_cut_its_controller_is_heading_for():
     from types import SimpleNamespace
 
-    from jsp.cutting import recalibrate_latency
+    from jsp.cutting import calibrate_latency
 
     model, table = unet(), FakeLatency("cpu")
     layers = find_units(model, 3)
@@ -139,7 +139,7 @@ def test_a_budget_run_refits_the_line_through_the_cut_its_controller_is_heading_
     state = SimpleNamespace(schedule=Schedule(budget_on="latency"), latency=table, c_in=3,
                             data=SimpleNamespace(full_size=SIZE), dense_cost={})
     pruner = Pruner(model, layers, 3, SIZE, PruneSettings(), latency=table)
-    recalibrate_latency(state, pruner)
+    calibrate_latency(state, pruner)
     cut = pruner.probe.materialise(pruner.groups().select(None), "cpu")
     assert state.dense_cost["latency"] == pytest.approx(table.truth(model, 3, SIZE))
     assert table.predict(cut, 3, SIZE) == pytest.approx(table.truth(cut, 3, SIZE))  # the line passes through it

@@ -103,8 +103,13 @@ class Pruner:
         return self._latency_costs
 
     def cost(self, mode: str) -> float:
-        """Parameters, MACs (at full_size) or the latency table's predicted ms of the model now."""
-        return model_cost(self.model, mode, self.in_channels, self.full_size, self.latency)
+        """Parameters, MACs (at full_size) or the latency table's predicted ms of the model now.
+        MACs and latency are counted on the meta copy (the same structure while this Pruner
+        lives): the budget controller asks at every check, and a forward pass of the live model
+        at the full image size would cost real compute each time."""
+        if mode == "params":
+            return model_cost(self.model, mode, self.in_channels, self.full_size)
+        return self.probe.cost([[] for _ in self.built[0]], mode)
 
     def cost_if_pruned(self, mode: str, off: dict[str, torch.Tensor] | None = None) -> float:
         """Fraction of the current cost left if the switched-off units (or those flagged in
