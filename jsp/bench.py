@@ -7,7 +7,8 @@ One latency figure from one run and another from another run (different sessions
 load) are not comparable on a noisy machine. jsp-bench loads every model, then times them in
 rounds: in each round every model (in a rotated order) runs for about ``--seconds``, so drift
 and noise fall on all of them alike. Per model, runtime and batch it reports the median time
-per call over all rounds and its IQR, the speed-up against the first model and that speed-up
+per call over all rounds and its IQR, the speed-up against the first model (the median over
+rounds of the ratio within a round, which the machine's drift does not move) and that speed-up
 divided by the MAC ratio (1.0: the MACs saved all show as time), and the peak inference
 memory. Runtimes: ``torch`` (eager; fp32, and fp16 autocast on CUDA) and ``onnxruntime``
 (the export extra; the model exported to ONNX in a temporary folder). The device, threads and
@@ -110,13 +111,17 @@ def rows_of(times: dict, info: dict, paths: list[str]) -> list[dict]:
     for (name, runtime, b), t in times.items():
         q = statistics.quantiles(t, n=4) if len(t) > 1 else [t[0]] * 3
         rows.append({"model": name, "runtime": runtime, "batch": b, "ms": 1000 * statistics.median(t),
-                     "iqr_ms": 1000 * (q[2] - q[0]), **info[name]})
+                     "iqr_ms": 1000 * (q[2] - q[0]), "key": (name, runtime, b), **info[name]})
     for r in rows:
         ref = next(x for x in rows if x["model"] == str(paths[0]) and x["runtime"] == r["runtime"]
                    and x["batch"] == r["batch"])
-        r["speedup"] = ref["ms"] / r["ms"]
+        # paired: the reference's time over this model's in the same round, median over rounds
+        # (the machine's speed drifts by tens of percent within a minute; a round is seconds)
+        r["speedup"] = statistics.median(a / b for a, b in zip(times[ref["key"]], times[r["key"]]))
         r["mac_ratio"] = ref["macs"] / r["macs"]
         r["speedup_of_mac_ratio"] = r["speedup"] / r["mac_ratio"]
+    for r in rows:
+        del r["key"]
     return rows
 
 

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from jsp.bench import main, measure
+from jsp.bench import main, measure, rows_of
 from jsp.constraints import find_units
 from jsp.metrics import count_macs
 from jsp.models import UNet
@@ -57,6 +57,16 @@ def test_jsp_bench_reports_speedups_against_the_first_model(saved, tmp_path):
     dense = {r["peak_mb"] for r in rows if r["model"].endswith("dense")}
     assert max(small) < min(dense)
     assert report["environment"]["threads"] == 1
+
+
+def test_the_speedup_pairs_each_round():
+    # the machine slows 3x over three rounds, except in the small model's third block
+    times = {("a", "torch", 1): [0.1, 0.2, 0.3], ("b", "torch", 1): [0.05, 0.1, 0.06]}
+    info = {"a": {"macs": 100}, "b": {"macs": 25}}
+    a, b = rows_of(times, info, ["a", "b"])
+    assert b["ms"] == pytest.approx(60.0) and a["ms"] == pytest.approx(200.0)
+    assert b["speedup"] == pytest.approx(2.0)  # paired rounds 2, 2 and 5; the medians' ratio is 3.3
+    assert b["speedup_of_mac_ratio"] == pytest.approx(0.5) and "key" not in b
 
 
 def test_a_missing_model_is_one_line_and_exit_2(tmp_path, capsys):

@@ -43,8 +43,8 @@ class FakeLatency(LatencyTable):
         macs = s.cin * (1 if s.depthwise else s.cout) * math.prod(s.kernel) * out
         return 1e-6 * macs + 0.02 * math.ceil(s.cout / 8)
 
-    def time_models(self, models, in_channels, size):
-        return [self.truth(m, in_channels, size) for m in models]
+    def time_blocks(self, models, in_channels, size, blocks=15):
+        return [[self.truth(m, in_channels, size)] * 3 for m in models]
 
     def truth(self, model, in_channels, size):
         shapes = conv_shapes(model, in_channels, size)
@@ -112,6 +112,56 @@ def test_a_latency_target_is_met_within_five_percent_of_the_measured_latency(rou
     assert model(torch.zeros(1, 3, *SIZE)).shape == (1, 2, *SIZE)
 
 
+class CurvedLatency(FakeLatency):
+    """A measured fraction far from the table's line: each model after the first times as the
+    first times its true fraction cubed (kernels that run much faster below some width), the
+    kind of curve on which a proportional correction jumps between too little and too much."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.cuts_timed = 0
+
+    def time_blocks(self, models, in_channels, size, blocks=15):
+        ref = self.truth(models[0], in_channels, size)
+        self.cuts_timed += len(models) - 1
+        return [[ref * (self.truth(m, in_channels, size) / ref) ** 3] * 3 for m in models]
+
+
+@pytest.mark.parametrize("goal", [0.3, 0.5, 0.8])
+def test_the_search_brackets_the_measured_fraction_where_the_table_is_far_off(goal):
+    model, table = unet(), CurvedLatency("cpu")
+    layers = find_units(model, 3)
+    pruner = Pruner(model, layers, 3, SIZE, PruneSettings(cost_aware="latency", min_channels=2), latency=table)
+    dense = table.truth(model, 3, SIZE)
+    torch.manual_seed(1)
+    pruner.prune({l.name: torch.rand(l.size) for l in layers}, Target("latency", goal))
+    measured = (table.truth(model, 3, SIZE) / dense) ** 3
+    assert abs(measured - goal) <= 0.05 * goal, measured
+    assert pruner.measured_keep == pytest.approx(measured)
+    assert 1 <= table.cuts_timed <= 8  # at most 8 candidates timed
+
+
+def test_an_unreachable_latency_target_keeps_the_closest_cut_and_warns(caplog):
+    model, table = unet(), FakeLatency("cpu")
+    layers = find_units(model, 3)
+    pruner = Pruner(model, layers, 3, SIZE, PruneSettings(min_channels=4), latency=table)
+    dense, floor = table.truth(model, 3, SIZE), pruner.smallest("latency")
+    with caplog.at_level(logging.WARNING, logger="jsp"):
+        pruner.prune({l.name: torch.rand(l.size) for l in layers}, Target("latency", floor / 2))
+    assert "closest cut found" in caplog.text
+    assert all(l.size == 4 for l in find_units(model, 3))  # the smallest cut: every group at its floor
+    assert pruner.measured_keep == pytest.approx(table.truth(model, 3, SIZE) / dense)
+
+
+def test_a_timing_keeps_the_paired_ratio_of_each_block():
+    from jsp.pruning.latency import Timing
+
+    # the machine slows down 3x over the blocks, and one block of the cut is disturbed
+    timing = Timing.of([[100.0, 200.0, 300.0, 300.0], [50.0, 100.0, 150.0, 600.0]])
+    assert timing.ms == [250.0, 125.0]
+    assert timing.keep == [1.0, 0.5]
+
+
 def test_calibration_puts_the_tables_predictions_in_measured_milliseconds():
     model, table = unet(), FakeLatency("cpu")
     layers = find_units(model, 3)
@@ -121,7 +171,7 @@ def test_calibration_puts_the_tables_predictions_in_measured_milliseconds():
     middle = pruner.probe.materialise(groups.select(groups.total() // 2, 2), "cpu")
     raw = table.predict(middle, 3, SIZE)
     ms = table.calibrate([model, smallest], 3, SIZE)
-    assert ms == [table.truth(model, 3, SIZE), table.truth(smallest, 3, SIZE)]
+    assert ms == pytest.approx([table.truth(model, 3, SIZE), table.truth(smallest, 3, SIZE)])
     assert table.predict(model, 3, SIZE) == pytest.approx(ms[0]) and table.predict(smallest, 3, SIZE) == pytest.approx(ms[1])
     truth = table.truth(middle, 3, SIZE)  # a network between the two: the line is far closer than the sum
     assert abs(table.predict(middle, 3, SIZE) - truth) < 0.25 * abs(raw - truth)

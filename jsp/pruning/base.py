@@ -11,7 +11,6 @@ structure: build a new Pruner after ``prune`` (calls on a stale one fail with a 
 """
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 
@@ -21,11 +20,9 @@ from torch import nn
 from jsp.constraints.units import UnitLayer
 from jsp.errors import JSPError
 from jsp.models import pad_multiple
+from jsp.pruning.latency_search import choose_latency
 from jsp.pruning.pruner import ChannelGroups, Target, groups_of, layer_widths
 from jsp.pruning.surgery import MetaProbe, model_cost, remove_channels, zero_channels
-
-log = logging.getLogger("jsp")
-
 
 @dataclass(frozen=True)
 class PruneSettings:
@@ -130,16 +127,19 @@ class Pruner:
         ones (threshold), or the largest removal of the globally least important whose model
         keeps at most ``target.keep`` of the current cost (a binary search, each candidate
         costed on the meta copy); with round_to, then the most important removed channels
-        given back, round_to at a time, while the model stays within the target."""
+        given back, round_to at a time, while the model stays within the target. A latency
+        target: the table's search, each candidate timed (``latency_search.choose_latency``)."""
         st = self.settings
         select = lambda k: groups.select(k, st.min_channels, st.round_to, st.min_keep)  # noqa: E731
         if target.mode == "threshold":
             return select(None)
         if target.mode == "latency":
-            return self._choose_latency(groups, target)
-        return self._search(groups, target)
+            return choose_latency(self, groups, target)
+        return self.search(groups, target)
 
-    def _search(self, groups: ChannelGroups, target: Target) -> list[list[int]]:
+    def search(self, groups: ChannelGroups, target: Target) -> list[list[int]]:
+        """The largest removal of the globally least important channels whose cost, counted on
+        the meta copy (for latency: the table's prediction), is within ``target`` (see ``choose``)."""
         st = self.settings
         select = lambda k: groups.select(k, st.min_channels, st.round_to, st.min_keep)  # noqa: E731
         budget = target.keep * self.cost(target.mode)
@@ -157,39 +157,6 @@ class Pruner:
             lo, hi = (lo, mid) if cost_after(mid) <= budget else (mid, hi)
         chosen = select(hi)
         return self._give_back(groups, chosen, budget, target.mode) if st.round_to > 1 else chosen
-
-    def _choose_latency(self, groups: ChannelGroups, target: Target) -> list[list[int]]:
-        """A latency target: the search steers by the table's prediction; each candidate is
-        then built (fresh weights) and timed against the model as it is now, interleaved, and
-        the table's target corrected by the measured ratio, until the measured fraction is
-        within ``tolerance`` of the target (at most 4 candidates; the closest is kept). The
-        table misses what is not a convolution and how kernels overlap; the timing does not."""
-        if self.latency is None:
-            raise JSPError("a latency target needs a latency table (Pruner(latency=...))")
-        goal, t, best = target.keep, target.keep, None
-        now = self.model  # timed as a copy (LatencyTable.time_models): the live model is left alone
-        for _ in range(4):
-            try:
-                chosen = self._search(groups, Target("latency", min(1.0, t)))
-            except JSPError:  # the correction asked for less than any cut leaves
-                if best is None:
-                    raise
-                break
-            candidate = self.probe.materialise(chosen, self.latency.device)
-            now_ms, ms = self.latency.measure([now, candidate], self.in_channels, self.full_size)
-            log.info("latency cut: table target %.3f -> measured %.1f of %.1f ms (%.3f; goal %.3f)", t, ms, now_ms,
-                     ms / now_ms, goal)
-            if best is None or abs(ms / now_ms - goal) < abs(best[1] - goal):
-                best = (chosen, ms / now_ms)
-            if abs(ms / now_ms - goal) <= self.settings.tolerance * goal:
-                break
-            t *= goal / (ms / now_ms)
-        if abs(best[1] - goal) > self.settings.tolerance * goal:
-            log.warning("latency cut: the closest cut found keeps %.3f of the measured latency, not %.3f (the "
-                        "smallest these settings allow, e.g. schedule.round_to, or a noisy machine: time alone)",
-                        best[1], goal)
-        self.measured_keep = best[1]
-        return best[0]
 
     def _give_back(self, groups: ChannelGroups, chosen: list[list[int]], budget: float, mode: str) -> list[list[int]]:
         """Rounding removes channels round_to at a time, so the search can stop well under the

@@ -8,7 +8,7 @@ timed when first needed and cached on disk in one JSON file per device descripti
 name, threads, torch version, dtype), so a change of device or thread count starts a new
 table and a change of image size asks for new geometries; a cache file whose description
 differs is ignored. The table only steers the search; ``Pruner`` checks each candidate by
-timing it against the model as it is now (``time_models``, interleaved) and corrects.
+timing it against the model as it is now (``time_blocks``, interleaved) and corrects.
 """
 from __future__ import annotations
 
@@ -114,7 +114,7 @@ class LatencyTable:
     timed by this object (tests; the log). ``share(fn)``: how a timing is taken, by default
     ``fn()``; a distributed run passes one that times on rank 0 and gives every rank its
     result, so all ranks choose the same cut. Subclass and override ``time_conv`` and
-    ``time_models`` for another runtime (or a deterministic fake in tests).
+    ``time_blocks`` for another runtime (or a deterministic fake in tests).
     """
 
     def __init__(self, device: torch.device | str = "cpu", cache_dir: str | Path | None = None, share=None):
@@ -181,13 +181,15 @@ class LatencyTable:
         """Fit measured = scale * table + offset through two networks timed side by side
         (at setup the dense one and the smallest cut, the ends of what a search visits; during
         a budget run the dense one and the cut the controller is heading for: a secant through
-        the point it steers); returns their ms. The table sums convolutions alone, and what
-        else runs (normalisation, activations, pooling, copies, the framework's overhead) grows
-        with the network too, so a line corrects most of it. Without two distinct points (or a
-        falling line) the sum is scaled to the first network's time."""
+        the point it steers); returns their ms (the first's median, the others' as the first's
+        times their paired ratio, which drift does not move). The table sums convolutions
+        alone, and what else runs (normalisation, activations, pooling, copies, the framework's
+        overhead) grows with the network too, so a line corrects most of it. Without two
+        distinct points (or a falling line) the sum is scaled to the first network's time."""
         self.scale, self.offset = 1.0, 0.0
         raw = [self.predict(m, in_channels, size) for m in models]
-        ms = self.measure(models, in_channels, size)
+        timing = self.measure(models, in_channels, size)
+        ms = [timing.ms[0] * k for k in timing.keep]
         slope = (ms[0] - ms[-1]) / (raw[0] - raw[-1]) if len(models) > 1 and raw[0] != raw[-1] else 0.0
         if slope > 0:
             self.scale, self.offset = slope, ms[0] - slope * raw[0]
@@ -195,21 +197,24 @@ class LatencyTable:
             self.scale = ms[0] / raw[0]
         return ms
 
-    def measure(self, models: list[nn.Module], in_channels: int, size: tuple[int, int]) -> list[float]:
-        """``time_models`` through ``share``."""
-        return self.share(lambda: self.time_models(models, in_channels, size))
+    def measure(self, models: list[nn.Module], in_channels: int, size: tuple[int, int]) -> "Timing":
+        """``time_blocks`` through ``share``, summarised: each model's median ms and its time
+        as a fraction of the first model's."""
+        return Timing.of(self.share(lambda: self.time_blocks(models, in_channels, size)))
 
     def time_conv(self, shape: ConvShape) -> float:
         """Ms of one call of a fresh convolution of ``shape`` on the device: the fastest of 5
         blocks (another process's load only ever adds time)."""
         conv = shape.module().to(self.device).eval()
         x = torch.randn(1, shape.cin, shape.height, shape.width, device=self.device)
-        return _median_ms([lambda: conv(x)], self.device, blocks=5, stat=min)[0]
+        return min(_blocks([lambda: conv(x)], self.device, blocks=5)[0])
 
-    def time_models(self, models: list[nn.Module], in_channels: int, size: tuple[int, int]) -> list[float]:
-        """Median ms of a forward pass of each model (batch 1, ``size`` padded), timed in
-        interleaved blocks so that the machine's drift affects them alike. Each is timed as a
-        copy in eval mode without hooks (a training run's statistics hooks are not inference)."""
+    def time_blocks(self, models: list[nn.Module], in_channels: int, size: tuple[int, int],
+                    blocks: int = 15) -> list[list[float]]:
+        """Per model, the ms per forward pass in each of ``blocks`` interleaved blocks (batch 1,
+        ``size`` padded): model after model in each block, so the machine's drift falls on
+        them alike. Each is timed as a copy in eval mode without hooks (a training run's
+        statistics hooks are not inference)."""
         from jsp.models import padded_size
 
         calls = []
@@ -217,7 +222,23 @@ class LatencyTable:
             m = plain_copy(m).to(self.device)
             x = torch.zeros(1, in_channels, *padded_size(m, size), device=self.device)
             calls.append(lambda m=m, x=x: m(x))
-        return _median_ms(calls, self.device, blocks=9)
+        return _blocks(calls, self.device, blocks)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Models timed side by side. ms: each one's median ms per call; keep: each one's time as
+    a fraction of the first's, the median over blocks of the ratio within a block. On this
+    kind of noisy CPU the paired ratio of a UNet cut varies about half as much between
+    repeats as the ratio of the medians: the machine's speed drifts by 30 % within a minute."""
+    ms: list[float]
+    keep: list[float]
+
+    @staticmethod
+    def of(blocks: list[list[float]]) -> "Timing":
+        ms = [statistics.median(b) for b in blocks]
+        keep = [statistics.median(x / r for r, x in zip(blocks[0], b)) for b in blocks]
+        return Timing(ms, keep)
 
 
 def plain_copy(model: nn.Module) -> nn.Module:
@@ -230,9 +251,9 @@ def plain_copy(model: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def _median_ms(calls: list, device: torch.device, blocks: int, stat=statistics.median) -> list[float]:
-    """Per call: the median (or ``stat``) over ``blocks`` interleaved blocks of its mean ms
-    per call (each block repeats a call until it has taken about 20 ms)."""
+def _blocks(calls: list, device: torch.device, blocks: int) -> list[list[float]]:
+    """Per call, its mean ms per call in each of ``blocks`` interleaved blocks (each block
+    repeats a call until it has taken about 20 ms)."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     reps = []
     for call in calls:  # warm-up, and how many calls make a block
@@ -249,6 +270,5 @@ def _median_ms(calls: list, device: torch.device, blocks: int, stat=statistics.m
             for _ in range(reps[i]):
                 call()
             sync()
-            times[i].append((time.perf_counter() - t) / reps[i])
-    return [1000 * stat(t) for t in times]
-
+            times[i].append(1000 * (time.perf_counter() - t) / reps[i])
+    return times

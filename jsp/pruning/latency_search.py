@@ -1,0 +1,98 @@
+"""The search behind a latency target: the latency table proposes, a timing decides.
+
+The table predicts a cut's latency from its convolutions; the search asks it for the largest
+removal within a table target ``t`` (a fraction of the model's predicted ms), builds that
+cut and times it against the model as it is now (paired, interleaved blocks). The measured
+fraction ``m(t)`` rises with ``t`` but is not the table's line: what the table misses
+(normalisation, activations, copies, how kernels overlap) can make ``m`` steep in one place
+and flat in another. So ``t`` is searched on the measured ``m``: a bracket between a ``t``
+that keeps too little and one that keeps too much (``t = 1``, nothing removed, keeps 1),
+narrowed by interpolation (the secant through the bracket's ends) with bisection when the
+interpolation proposes a cut already timed. A proportional correction alone jumps on such a
+curve (measured on a UNet: table 0.5 -> measured 0.16, then 1.0 -> 1.0, 0.79 -> 0.32).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+
+from jsp.errors import JSPError
+from jsp.pruning.pruner import Target
+
+log = logging.getLogger("jsp")
+
+
+@dataclass(frozen=True)
+class Point:
+    """One timed candidate: the table target ``t`` that chose it and its measured fraction."""
+    t: float
+    keep: float
+    chosen: tuple
+
+
+def choose_latency(pruner, groups, target: Target, candidates: int = 8) -> list[list[int]]:
+    """Root channels to remove per group so that the model keeps ``target.keep`` of its
+    measured latency, within ``pruner.settings.tolerance`` (relative) if any cut the table
+    proposes does; otherwise the closest found, with a warning. At most ``candidates`` cuts
+    are built and timed. Sets ``pruner.measured_keep``."""
+    if pruner.latency is None:
+        raise JSPError("a latency target needs a latency table (Pruner(latency=...))")
+    goal, tol = target.keep, pruner.settings.tolerance * target.keep
+    floor = pruner.smallest("latency") * (1 + 1e-9)  # the least table fraction any cut leaves (+ rounding)
+    timed: dict[tuple, Point] = {}
+    lo, hi = None, Point(1.0, 1.0, ())  # keep(lo) < goal < keep(hi); t = 1 removes nothing
+    t = min(max(goal, floor), 1.0)  # the calibrated table's own answer first
+    for _ in range(candidates):
+        chosen = pruner.search(groups, Target("latency", t))
+        key = tuple(tuple(c) for c in chosen)
+        # a cut timed already, now reached from another t, keeps what it kept
+        point = replace(timed[key], t=t) if key in timed else _time(pruner, chosen, t, key, goal)
+        timed[key] = point
+        if abs(point.keep - goal) <= tol:
+            break
+        if point.keep < goal:
+            lo = point if lo is None or point.t > lo.t else lo
+        else:
+            hi = point if point.t < hi.t else hi
+        t = _next_t(lo, hi, goal, floor, timed, pruner, groups)
+        if t is None:  # the bracket holds no cut not timed yet (or the floor keeps too much)
+            break
+    best = min(timed.values(), key=lambda p: abs(p.keep - goal))
+    if abs(best.keep - goal) > tol:
+        log.warning("latency cut: the closest cut found keeps %.3f of the measured latency, not %.3f (the "
+                    "smallest these settings allow, e.g. schedule.round_to, or a noisy machine: time alone)",
+                    best.keep, goal)
+    pruner.measured_keep = best.keep
+    return [list(c) for c in best.chosen]
+
+
+def _time(pruner, chosen: list[list[int]], t: float, key: tuple, goal: float) -> Point:
+    """Build the cut ``chosen`` and time it against the model now."""
+    if not any(chosen):
+        return Point(t, 1.0, key)
+    candidate = pruner.probe.materialise(chosen, pruner.latency.device)
+    timing = pruner.latency.measure([pruner.model, candidate], pruner.in_channels, pruner.full_size)
+    log.info("latency cut: table target %.3f -> measured %.1f of %.1f ms (%.3f paired; goal %.3f)", t,
+             timing.ms[1], timing.ms[0], timing.keep[1], goal)
+    return Point(t, timing.keep[1], key)
+
+
+def _next_t(lo: Point | None, hi: Point, goal: float, floor: float, timed: dict, pruner, groups) -> float | None:
+    """The next table target: within the bracket by the secant through its ends, else by
+    bisection when the secant's cut was timed already; with no lower end yet, the upper end's
+    t scaled by goal / its keep (at most halved), not below the floor."""
+    if lo is None:
+        if hi.t <= floor:
+            return None  # the smallest cut already keeps too much
+        return max(floor, hi.t * max(0.5, goal / hi.keep))
+    if hi.keep <= lo.keep:  # noise made the curve fall: bisect
+        guesses = [(lo.t + hi.t) / 2]
+    else:
+        secant = lo.t + (goal - lo.keep) * (hi.t - lo.t) / (hi.keep - lo.keep)
+        guesses = [secant, (lo.t + hi.t) / 2]
+    for t in guesses:
+        t = min(max(t, lo.t), hi.t)
+        chosen = pruner.search(groups, Target("latency", t))
+        if tuple(tuple(c) for c in chosen) not in timed:
+            return t
+    return None
