@@ -58,10 +58,7 @@ def calibrate_latency(state: RunState, pruner: Pruner | None = None) -> None:
     cut = groups.select(groups.total() if at_setup else None, s.min_channels, s.round_to, s.min_keep)
     if not any(cut) and not at_setup:
         return
-    # nothing to cut at setup (every group at its floor): the dense network alone scales the sum
-    ends = [[[] for _ in cut]] + ([cut] if any(cut) else [])
-    ms = state.latency.calibrate([pruner.probe.materialise(c, state.latency.device) for c in ends], state.c_in,
-                                 state.data.full_size)
+    ms = pruner.calibrate_latency(cut)
     state.dense_cost["latency"] = ms[0]  # the line passes through the dense network's time
     log.info("latency: %s %.1f of %.1f ms dense (%.3f); the table's convolutions x %.3f %+.1f ms",
              "the smallest cut" if at_setup else "recalibrated at the controller's point:", ms[-1], ms[0],
@@ -128,7 +125,10 @@ def prune(state: RunState, stage: Stage) -> dict:
             now = kept_now(state, pruner, t.mode, uncut)
             if now <= budget * (1 + (pruner.settings.tolerance if t.mode == "latency" else 0)):
                 break
-            t = Target(t.mode, min(1.0, t.keep / now))
+            if t.mode == "latency":  # searched on timings against the uncut network itself
+                pruner.latency_reference = (uncut, now)
+            else:
+                t = Target(t.mode, min(1.0, t.keep / now))
         kinds = {l.name: unit_kinds(l) for l in state.constraint.layers}
         removed = pruner.prune(unit_scores(state), t)
         for name, idx in removed.items():
@@ -156,7 +156,9 @@ def kept_now(state: RunState, pruner: Pruner, mode: str, uncut) -> float:
     for parameters and MACs, timed against the uncut network for latency (the table's line
     can be off by more than the tolerance where the penalty left the network)."""
     if mode == "latency":
-        return state.latency.measure([uncut, state.model], state.c_in, state.data.full_size).keep[1]
+        now = state.latency.measure([uncut, state.model], state.c_in, state.data.full_size).keep[1]
+        log.info("latency: the threshold cut keeps %.3f of the measured latency (budget %.3f)", now, state.budget)
+        return now
     return pruner.cost(mode) / state.dense_cost[mode]
 
 

@@ -6,11 +6,16 @@ and ONNX Runtime, batch 1 and 8.
     python scripts/bench_latency.py START_RUN [RUN ...] [--out outputs/bench_latency] [--threads 2]
     python scripts/bench_latency.py --fresh mobilenetv3_small [--out ...]   # no trained start
     python scripts/bench_latency.py START_RUN RUN ... --no-variants        # the runs alone
+    python scripts/bench_latency.py --fresh mobilenetv3_small --latency 0.5 0.25 --no-variants
 
 START_RUN: a dense run dir (the benchmark's start); or --fresh: the CPU tier's MobileNetV3-Small
 (or UNet) with new weights, saved at DRIVE's size (timing needs the widths, not trained weights). The architecture-only variants are the
 start pruned by l1_norm to each budget (latency depends on the widths, not on the weights);
-the trained RUNs add their own widths. Writes OUT/latency.json and prints the table.
+the trained RUNs add their own widths. --latency F ...: also the start cut by l1_norm to keep F
+of its measured latency (schedule.keep_latency's search: the latency table, calibrated, then
+candidates timed), with and without round_to=8; what each search measured is printed and written
+beside the side-by-side timing, so "met within 5 %" is checked by a second, independent timing.
+Writes OUT/latency.json and prints the table.
 """
 from __future__ import annotations
 
@@ -55,6 +60,36 @@ def variants(start: Path, out: Path) -> list[Path]:
     return saved
 
 
+def latency_variants(start: Path, out: Path, keeps: list[float], cache: str) -> tuple[list[Path], dict]:
+    """The start cut by l1_norm to keep each fraction of ``keeps`` of its measured latency
+    (round_to 1 and 8), saved under OUT/models; returns the paths and {path: what the search
+    measured}. A budget the settings cannot reach is skipped with a line."""
+    from jsp.pruning import PruneSettings, Pruner
+    from jsp.pruning.latency import LatencyTable
+
+    folder, saved, searched = model_folder(str(start)), [], {}
+    table = LatencyTable("cpu", cache)
+    for keep in keeps:
+        for k in (1, 8):
+            model, meta = load_model(folder)
+            layers = find_units(model, meta.get("in_channels", 3))
+            settings = PruneSettings(min_channels=2, round_to=k, cost_aware="latency")
+            pruner = Pruner(model, layers, meta["in_channels"], tuple(meta["input_size"]), settings, 64, table)
+            if pruner.smallest("latency") > keep:  # by the uncalibrated table: a first, cheap refusal
+                print(f"skipped latency {keep} round_to={k}: the smallest cut keeps {pruner.smallest('latency'):.3f}"
+                      " by the table", file=sys.stderr)
+                continue
+            pruner.calibrate_latency()
+            pruner.prune(layer_scores("l1_norm", layers, {}), Target("latency", keep))
+            path = out / "models" / f"{start.name}_l1_latency{keep}_r{k}"
+            save_model(path, model, meta["architecture"], stage="pruned", input_size=list(meta["input_size"]),
+                       in_channels=meta["in_channels"])
+            saved.append(path)
+            searched[str(path)] = {"target": keep, "round_to": k, "search_measured": pruner.measured_keep}
+            print(f"latency {keep} round_to={k}: the search measured {pruner.measured_keep:.3f}", flush=True)
+    return saved, searched
+
+
 def fresh(key: str, out: Path) -> Path:
     """A new dense network of the CPU tier's kind, saved as a start would be (DRIVE's size)."""
     args = ({"variant": "small", "decoder_channels": [128, 64, 32, 16, 8]} if key == "mobilenetv3_small"
@@ -80,14 +115,23 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--no-variants", action="store_true", help="time START and the RUNs only (no l1_norm variants)")
+    p.add_argument("--latency", nargs="*", type=float, default=[], help="also cut to these latency fractions")
+    p.add_argument("--latency-cache", default="~/.cache/jsp/latency")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     out = Path(a.out)
     if a.fresh:
         a.start = str(fresh(a.fresh, out))
-    models = [a.start, *([] if a.no_variants else map(str, variants(Path(a.start), out))), *a.runs]
+    lat, searched = latency_variants(Path(a.start), out, a.latency, a.latency_cache) if a.latency else ([], {})
+    models = [a.start, *([] if a.no_variants else map(str, variants(Path(a.start), out))), *map(str, lat), *a.runs]
     report = bench(models, ["torch", "onnxruntime"], [1, 8], "cpu", a.rounds, 0.5)
+    for row in report["rows"]:
+        row.update(searched.get(row["model"], {}))
     print(table(report))
+    for path, s in searched.items():
+        side = next(r for r in report["rows"] if r["model"] == path and r["runtime"] == "torch" and r["batch"] == 1)
+        print(f"{Path(path).name}: target {s['target']}, the search measured {s['search_measured']:.3f}, "
+              f"side by side {1 / side['speedup']:.3f} (eager, batch 1)")
     write_report(report, out / "latency.json")
 
 

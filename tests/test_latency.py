@@ -138,7 +138,24 @@ def test_the_search_brackets_the_measured_fraction_where_the_table_is_far_off(go
     measured = (table.truth(model, 3, SIZE) / dense) ** 3
     assert abs(measured - goal) <= 0.05 * goal, measured
     assert pruner.measured_keep == pytest.approx(measured)
-    assert 1 <= table.cuts_timed <= 8  # at most 8 candidates timed
+    assert 1 <= table.cuts_timed <= 9  # at most 8 candidates timed, and the one kept confirmed
+
+
+def test_a_target_can_be_a_fraction_of_another_networks_latency():
+    # a budget run: the threshold cut left 0.7 of the dense latency; the search goes on to 0.4 of the dense one
+    dense, table = unet(), CurvedLatency("cpu")
+    model = unet()
+    layers = find_units(model, 3)
+    Pruner(model, layers, 3, SIZE, PruneSettings(min_channels=2), latency=table).prune(
+        {l.name: torch.rand(l.size) for l in layers}, Target("latency", 0.7))
+    now = (table.truth(model, 3, SIZE) / table.truth(dense, 3, SIZE)) ** 3
+    layers = find_units(model, 3)
+    pruner = Pruner(model, layers, 3, SIZE, PruneSettings(min_channels=2), latency=table)
+    pruner.latency_reference = (dense, now)
+    pruner.prune({l.name: torch.rand(l.size) for l in layers}, Target("latency", 0.4))
+    measured = (table.truth(model, 3, SIZE) / table.truth(dense, 3, SIZE)) ** 3
+    assert abs(now - 0.7) <= 0.035 and abs(measured - 0.4) <= 0.05 * 0.4, (now, measured)
+    assert pruner.measured_keep == pytest.approx(measured)
 
 
 def test_an_unreachable_latency_target_keeps_the_closest_cut_and_warns(caplog):

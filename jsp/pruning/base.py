@@ -54,6 +54,8 @@ class Pruner:
                  settings: PruneSettings = PruneSettings(), size: int | None = None, latency=None):
         self.model, self.layers, self.settings, self.latency = model, layers, settings, latency
         self.measured_keep: float | None = None  # the last latency cut's measured fraction
+        # (network, the fraction of its latency the model keeps): what latency targets are of
+        self.latency_reference: tuple[nn.Module, float] | None = None
         self.in_channels, self.full_size = in_channels, full_size
         self.size = size or 2 * pad_multiple(model)
         self.example_shape = (1, in_channels, self.size, self.size)
@@ -121,6 +123,18 @@ class Pruner:
         st, groups = self.settings, self.groups()
         return self.probe.cost(groups.select(groups.total(), st.min_channels, st.round_to, st.min_keep), mode) \
             / self.cost(mode)
+
+    def calibrate_latency(self, cut: list[list[int]] | None = None) -> list[float]:
+        """Fit the latency table's line (``LatencyTable.calibrate``) through the model's
+        architecture and the one ``cut`` leaves (root channels per group; None: the smallest cut
+        the settings allow), both built with fresh weights and timed side by side; returns their
+        ms. Nothing to cut: the dense network alone scales the table's sum."""
+        if cut is None:
+            st, groups = self.settings, self.groups()
+            cut = groups.select(groups.total(), st.min_channels, st.round_to, st.min_keep)
+        ends = [[[] for _ in cut]] + ([cut] if any(cut) else [])
+        return self.latency.calibrate([self.probe.materialise(c, self.latency.device) for c in ends],
+                                      self.in_channels, self.full_size)
 
     def choose(self, groups: ChannelGroups, target: Target) -> list[list[int]]:
         """Root channels to remove per group so the model meets ``target``: the switched-off
