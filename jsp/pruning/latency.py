@@ -264,8 +264,9 @@ def _blocks(calls: list, device: torch.device, blocks: int) -> list[list[float]]
         sync()
         reps.append(max(1, int(0.02 / max(time.perf_counter() - t, 1e-6))))
     times = [[] for _ in calls]
-    for _ in range(blocks):
-        for i, call in enumerate(calls):
+    for b in range(blocks):  # rotated: no network always runs right after the same other one
+        for i in [(b + j) % len(calls) for j in range(len(calls))]:
+            call = calls[i]
             t = time.perf_counter()
             for _ in range(reps[i]):
                 call()
