@@ -13,9 +13,9 @@ import yaml
 from jsp.selection import setting_of
 
 COLUMNS = ["dataset", "method", "model", "lambdas", "setting", "keep", "seed", "params", "macs", "weight_mb",
-           "peak_mb", "latency_ms", "val_miou", "miou", "f1", "auc", "pruned_miou", "pruned_f1", "zeroed", "cut_change", "train_steps", "train_tmacs", "run"]
+           "peak_mb", "latency_ms", "val_miou", "miou", "f1", "auc", "pruned_miou", "pruned_f1", "zeroed", "cut_change", "latency_kept", "train_steps", "train_tmacs", "run"]
 QUALITY = ["params", "macs", "weight_mb", "peak_mb", "latency_ms", "miou", "f1", "auc", "pruned_miou", "pruned_f1", "zeroed",
-           "cut_change", "train_steps", "train_tmacs"]
+           "cut_change", "latency_kept", "train_steps", "train_tmacs"]
 
 
 def find_runs(paths: list[str]) -> list[Path]:
@@ -65,6 +65,8 @@ def describe(run: Path) -> dict:
     row.update(pruned_miou=first.get("miou", float("nan")), pruned_f1=first.get("f1", float("nan")),
                zeroed=stages.get("dense", {}).get("units_off", float("nan")),  # units the constraint switched off
                cut_change=first.get("cut_logit_change", float("nan")),  # largest logit change the cut caused
+               # a latency budget's cut: the fraction of the uncut network's latency it kept, timed side by side
+               latency_kept=first.get("latency_kept_measured", float("nan")),
                train_steps=final.get("train_steps_total", float("nan")),  # the run's training, all stages
                train_tmacs=final.get("train_macs_total", float("nan")) / 1e12)
     return row

@@ -114,6 +114,7 @@ def main() -> None:
     p.add_argument("--out", default="outputs/bench_latency")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     p.add_argument("--no-variants", action="store_true", help="time START and the RUNs only (no l1_norm variants)")
     p.add_argument("--latency", nargs="*", type=float, default=[], help="also cut to these latency fractions")
     p.add_argument("--latency-cache", default="~/.cache/jsp/latency")
@@ -124,7 +125,7 @@ def main() -> None:
         a.start = str(fresh(a.fresh, out))
     lat, searched = latency_variants(Path(a.start), out, a.latency, a.latency_cache) if a.latency else ([], {})
     models = [a.start, *([] if a.no_variants else map(str, variants(Path(a.start), out))), *map(str, lat), *a.runs]
-    report = bench(models, ["torch", "onnxruntime"], [1, 8], "cpu", a.rounds, 0.5)
+    report = bench(models, ["torch", "onnxruntime"], a.batch, "cpu", a.rounds, 0.5)
     for row in report["rows"]:
         row.update(searched.get(row["model"], {}))
     print(table(report))

@@ -17,6 +17,7 @@ from jsp.constraints import find_units
 from jsp.errors import ConfigError
 from jsp.models import UNet
 from jsp.pipeline import run
+from jsp.runs import describe
 from jsp.pruning import Pruner, PruneSettings, Schedule, Target
 from jsp.pruning.latency import ConvShape, LatencyTable, conv_shapes
 from tests.conftest import TINY_SYNTHETIC
@@ -213,6 +214,26 @@ def test_a_budget_run_refits_the_line_through_the_cut_its_controller_is_heading_
     assert pruner.cost_if_pruned("latency") == pytest.approx(table.truth(cut, 3, SIZE) / table.truth(model, 3, SIZE))
 
 
+def test_the_line_is_refitted_every_nth_check_and_at_every_check_near_the_budget(monkeypatch):
+    from types import SimpleNamespace
+
+    from jsp import stages
+
+    refits = []
+    monkeypatch.setattr(stages, "calibrate_latency", lambda state, pruner: refits.append(len(answers)))
+    answers = []
+    fractions = iter([0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.56, 0.52, 0.5])
+
+    def actual():
+        answers.append(next(fractions))
+        return answers[-1]
+
+    wrapped = stages.recalibrating(SimpleNamespace(budget=0.5), None, actual, n=5)
+    assert [wrapped() for _ in range(9)] == [0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.56, 0.52, 0.5]
+    # calls 0 and 5 by the count; 7 and 8 because the answer before (0.56, 0.52) was within 1.15 x 0.5
+    assert refits == [0, 5, 7, 8]
+
+
 def test_latency_aware_allocation_prunes_where_a_channel_saves_most_time():
     model, table = unet(), FakeLatency("cpu")
     layers = find_units(model, 3)
@@ -261,6 +282,9 @@ def test_runs_with_a_latency_budget_record_the_measured_fraction_and_reuse_the_t
         metrics = json.loads((tmp_path / name / "metrics.json").read_text())
         cut = metrics["pruned"]
         assert cut["latency_target"] == 0.6 and 0 < cut["latency_kept_measured"] <= 0.6 * 1.05
+        if "schedule.keep_latency=0.6" in overrides:  # a budget run's penalty may switch off more than asked
+            assert abs(cut["latency_kept_measured"] - 0.6) <= 0.6 * 0.05
+        assert describe(tmp_path / name)["latency_kept"] == cut["latency_kept_measured"]  # jsp-report's column
         assert metrics["final"]["macs"] < metrics["dense"]["macs"]
         assert metrics["final"]["schedule"]["cost_aware"] == "latency"
         timed = [r.getMessage() for r in caplog.records if "convolutions timed now" in r.getMessage()]
