@@ -214,27 +214,6 @@ def test_a_budget_run_refits_the_line_through_the_cut_its_controller_is_heading_
     assert pruner.cost_if_pruned("latency") == pytest.approx(table.truth(cut, 3, SIZE) / table.truth(model, 3, SIZE))
 
 
-def test_the_line_is_refitted_every_nth_check_on_a_move_and_at_every_check_near_the_budget(monkeypatch):
-    from types import SimpleNamespace
-
-    from jsp import stages
-
-    refits = []
-    monkeypatch.setattr(stages, "calibrate_latency", lambda state, pruner: refits.append(len(answers)))
-    answers = []
-    fractions = iter([0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.56, 0.52, 0.5])
-
-    def actual():
-        answers.append(next(fractions))
-        return answers[-1]
-
-    wrapped = stages.recalibrating(SimpleNamespace(budget=0.5), None, actual, n=10, move=0.12)
-    assert [wrapped() for _ in range(9)] == [0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.56, 0.52, 0.5]
-    # call 0 by the count; 4 because the answer moved 0.15 (> 0.12) since the refit at 0.9;
-    # 7 and 8 because the answer before (0.56, 0.52) was within 1.15 x 0.5 (6 moved too little: 0.1)
-    assert refits == [0, 4, 7, 8]
-
-
 def test_latency_aware_allocation_prunes_where_a_channel_saves_most_time():
     model, table = unet(), FakeLatency("cpu")
     layers = find_units(model, 3)

@@ -24,6 +24,7 @@ from jsp.pruning.latency_search import choose_latency
 from jsp.pruning.pruner import ChannelGroups, Target, groups_of, layer_widths
 from jsp.pruning.surgery import MetaProbe, model_cost, remove_channels, zero_channels
 
+
 @dataclass(frozen=True)
 class PruneSettings:
     """How the framework shares a budget between layers, the same for every criterion
