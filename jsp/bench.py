@@ -111,17 +111,16 @@ def rows_of(times: dict, info: dict, paths: list[str]) -> list[dict]:
     for (name, runtime, b), t in times.items():
         q = statistics.quantiles(t, n=4) if len(t) > 1 else [t[0]] * 3
         rows.append({"model": name, "runtime": runtime, "batch": b, "ms": 1000 * statistics.median(t),
-                     "iqr_ms": 1000 * (q[2] - q[0]), "key": (name, runtime, b), **info[name]})
+                     "iqr_ms": 1000 * (q[2] - q[0]), **info[name]})
     for r in rows:
         ref = next(x for x in rows if x["model"] == str(paths[0]) and x["runtime"] == r["runtime"]
                    and x["batch"] == r["batch"])
         # paired: the reference's time over this model's in the same round, median over rounds
         # (the machine's speed drifts by tens of percent within a minute; a round is seconds)
-        r["speedup"] = statistics.median(a / b for a, b in zip(times[ref["key"]], times[r["key"]]))
+        ref_t, t = times[(ref["model"], r["runtime"], r["batch"])], times[(r["model"], r["runtime"], r["batch"])]
+        r["speedup"] = statistics.median(a / b for a, b in zip(ref_t, t))
         r["mac_ratio"] = ref["macs"] / r["macs"]
         r["speedup_of_mac_ratio"] = r["speedup"] / r["mac_ratio"]
-    for r in rows:
-        del r["key"]
     return rows
 
 

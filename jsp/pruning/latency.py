@@ -7,8 +7,8 @@ geometry (kind, kernel, stride, padding, dilation, depthwise, input H x W) and w
 timed when first needed and cached on disk in one JSON file per device description (device
 name, threads, torch version, dtype), so a change of device or thread count starts a new
 table and a change of image size asks for new geometries; a cache file whose description
-differs is ignored. The table only steers the search; ``Pruner`` checks each candidate by
-timing it against the model as it is now (``time_blocks``, interleaved) and corrects.
+differs is ignored. The table only proposes cuts; the search (latency_search.py) times each
+against the model (``measure``: paired, interleaved blocks) and chooses on the timings.
 """
 from __future__ import annotations
 

@@ -46,16 +46,16 @@ def choose_latency(pruner, groups, target: Target, candidates: int = 8) -> list[
     goal, tol = target.keep, pruner.settings.tolerance * target.keep
     reference, now = pruner.latency_reference or (pruner.model, 1.0)
     floor = pruner.smallest("latency") * (1 + 1e-9)  # the least table fraction any cut leaves (+ rounding)
+    propose = lambda t: (t, _key(pruner.search(groups, Target("latency", t))))  # noqa: E731
     timed: dict[tuple, Point] = {}
     lo, hi = None, Point(1.0, now, ())  # keep(lo) < goal < keep(hi); t = 1 removes nothing
-    t = min(max(goal / now, floor), 1.0)  # the calibrated table's own answer first
+    proposal = propose(min(max(goal / now, floor), 1.0))  # the calibrated table's own answer first
     for _ in range(candidates):
-        chosen = pruner.search(groups, Target("latency", t))
-        key = tuple(tuple(c) for c in chosen)
+        t, key = proposal
         # a cut timed already, now reached from another t, keeps what it kept
-        point = replace(timed[key], t=t) if key in timed else _time(pruner, reference, chosen, t, key, goal, now)
+        point = replace(timed[key], t=t) if key in timed else _time(pruner, reference, t, key, goal, now)
         if abs(point.keep - goal) <= tol and point.timings == 1:  # one timing can be off by 5 %: confirm it
-            point = _time(pruner, reference, chosen, t, key, goal, now, point)
+            point = _time(pruner, reference, t, key, goal, now, point)
         timed[key] = point
         if abs(point.keep - goal) <= tol:
             break
@@ -63,8 +63,8 @@ def choose_latency(pruner, groups, target: Target, candidates: int = 8) -> list[
             lo = point if lo is None or point.t > lo.t else lo
         else:
             hi = point if point.t < hi.t else hi
-        t = _next_t(lo, hi, goal, floor, timed, pruner, groups)
-        if t is None:  # the bracket holds no cut not timed yet (or the floor keeps too much)
+        proposal = _next(lo, hi, goal, floor, timed, propose)
+        if proposal is None:  # the bracket holds no cut not timed yet (or the floor keeps too much)
             break
     best = min(timed.values(), key=lambda p: abs(p.keep - goal))
     if abs(best.keep - goal) > tol:
@@ -75,13 +75,17 @@ def choose_latency(pruner, groups, target: Target, candidates: int = 8) -> list[
     return [list(c) for c in best.chosen]
 
 
-def _time(pruner, reference, chosen: list[list[int]], t: float, key: tuple, goal: float, now: float,
-          before: Point | None = None) -> Point:
-    """Build the cut ``chosen`` and time it against ``reference``; with ``before`` (its earlier
+def _key(chosen: list[list[int]]) -> tuple:
+    """A cut as a dict key: its removed root channels per group."""
+    return tuple(tuple(c) for c in chosen)
+
+
+def _time(pruner, reference, t: float, key: tuple, goal: float, now: float, before: Point | None = None) -> Point:
+    """Build the cut ``key`` and time it against ``reference``; with ``before`` (its earlier
     timings), the mean of all."""
-    if not any(chosen):
+    if not any(key):
         return Point(t, now, key, 2)
-    candidate = pruner.probe.materialise(chosen, pruner.latency.device)
+    candidate = pruner.probe.materialise([list(c) for c in key], pruner.latency.device)
     timing = pruner.latency.measure([reference, candidate], pruner.in_channels, pruner.full_size)
     log.info("latency cut: table target %.3f -> measured %.1f of %.1f ms (%.3f paired; goal %.3f)%s", t,
              timing.ms[1], timing.ms[0], timing.keep[1], goal, " again" if before else "")
@@ -91,22 +95,21 @@ def _time(pruner, reference, chosen: list[list[int]], t: float, key: tuple, goal
     return Point(t, (before.keep * before.timings + timing.keep[1]) / n, key, n)
 
 
-def _next_t(lo: Point | None, hi: Point, goal: float, floor: float, timed: dict, pruner, groups) -> float | None:
-    """The next table target: within the bracket by the secant through its ends, else by
-    bisection when the secant's cut was timed already; with no lower end yet, the upper end's
-    t scaled by goal / its keep (at most halved), not below the floor."""
+def _next(lo: Point | None, hi: Point, goal: float, floor: float, timed: dict, propose) -> tuple | None:
+    """The next (table target, cut): within the bracket by the secant through its ends, else
+    by bisection when the secant's cut was timed already; with no lower end yet, the upper
+    end's t scaled by goal / its keep (at most halved), not below the floor."""
     if lo is None:
         if hi.t <= floor:
             return None  # the smallest cut already keeps too much
-        return max(floor, hi.t * max(0.5, goal / hi.keep))
+        return propose(max(floor, hi.t * max(0.5, goal / hi.keep)))
     if hi.keep <= lo.keep:  # noise made the curve fall: bisect
         guesses = [(lo.t + hi.t) / 2]
     else:
         secant = lo.t + (goal - lo.keep) * (hi.t - lo.t) / (hi.keep - lo.keep)
         guesses = [secant, (lo.t + hi.t) / 2]
     for t in guesses:
-        t = min(max(t, lo.t), hi.t)
-        chosen = pruner.search(groups, Target("latency", t))
-        if tuple(tuple(c) for c in chosen) not in timed:
-            return t
+        proposal = propose(min(max(t, lo.t), hi.t))
+        if proposal[1] not in timed:
+            return proposal
     return None
