@@ -38,6 +38,7 @@
 #          from scratch (equal steps), the dense reference
 #   recmeth  at 1 % and 10 % (BUDGETS): jsp and the criteria the headline compares it with:
 #          correlation, taylor, and jsp's redundancy ablation, each fine-tuned as jsp is
+#          (KIND=macs BUDGETS=0.05: the same four at 5 % of the MACs)
 #   lat    at a latency budget (LAT_BUDGETS, default "0.5 0.25": that fraction of the dense network's
 #          latency measured on this machine, torch eager, batch 1, full image): jsp through its budget
 #          controller (schedule.budget_on=latency), taylor and correlation to schedule.keep_latency; the
@@ -148,7 +149,7 @@ part() {  # part NAME SEED
     recbase) for f in ${BUDGETS:-0.01 0.1}; do compare unet "$s" jsp params $f; compare unet "$s" scratch params $f; done
              compare unet "$s" dense params 1 ;;
     recmeth) for f in ${BUDGETS:-0.01 0.1}; do
-               for m in jsp correlation taylor redundancy; do compare unet "$s" "$m" params $f; done
+               for m in jsp correlation taylor redundancy; do compare unet "$s" "$m" "${KIND:-params}" $f; done
              done ;;
     rec) read -r -a rec <<< "${REC:?part rec needs REC, the recovery setting recgrid chose}"
          local kd=(); for o in "${rec[@]}"; do [[ $o == schedule.distill* ]] && kd+=("$o"); done
