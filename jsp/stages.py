@@ -164,7 +164,8 @@ def attach_controller(state: RunState, s: LoopSettings, resume: dict | None) -> 
     actual = lambda: pruner.cost_if_pruned(mode)  # noqa: E731
     if mode == "latency":  # the table's line refitted where the controller is, every tenth of the stage
         actual = recalibrating(state, pruner, actual, max(1, s.steps // (10 * c.budget_every)))
-    c.controller = BudgetController(state.budget, forecast, s.steps, c.budget_every, ramp=c.budget_ramp,
+    budget = state.schedule.controller_budget(state.budget)  # above a latency budget: the search cuts the rest
+    c.controller = BudgetController(budget, forecast, s.steps, c.budget_every, ramp=c.budget_ramp,
                                     actual=actual, deadline=c.budget_deadline,
                                     enforce=lambda: enforce_budget(state, pruner))
     if resume:

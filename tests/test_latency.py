@@ -232,6 +232,13 @@ def test_schedule_latency_settings():
     assert s.mode == "latency" and s.cost_aware == "latency" and s.uses_latency and s.keep_at(1) == 0.5
     assert Schedule(keep_latency=0.5, cost_aware="none").cost_aware is None
     assert Schedule(budget_on="latency").cost_aware == "latency"
+    # a penalty's controller aims above a latency budget (the cut's search does the rest), elsewhere at it
+    assert Schedule(budget_on="latency").controller_budget(0.5) == pytest.approx(0.575)
+    assert Schedule(budget_on="latency", latency_margin=0.5).controller_budget(0.9) == pytest.approx(0.95)
+    assert Schedule(budget_on="latency", latency_margin=0).controller_budget(0.5) == 0.5
+    assert Schedule(budget_on="params").controller_budget(0.5) == 0.5
+    with pytest.raises(ConfigError, match="latency_margin"):
+        Schedule(latency_margin=1.0)
     assert not Schedule(keep_params=0.5).uses_latency
     with pytest.raises(ConfigError, match="not several"):
         Schedule(keep_params=0.5, keep_latency=0.5)
@@ -262,14 +269,20 @@ def test_runs_with_a_latency_budget_record_the_measured_fraction_and_reuse_the_t
         metrics = json.loads((tmp_path / name / "metrics.json").read_text())
         cut = metrics["pruned"]
         assert cut["latency_target"] == 0.6 and 0 < cut["latency_kept_measured"] <= 0.6 * 1.05
-        if "schedule.keep_latency=0.6" in overrides:  # a budget run's penalty may switch off more than asked
-            assert abs(cut["latency_kept_measured"] - 0.6) <= 0.6 * 0.05
+        assert abs(cut["latency_kept_measured"] - 0.6) <= 0.6 * 0.05
+        if "schedule.budget_on=latency" in overrides:  # the controller stopped at 0.69 (latency_margin), above
+            kept = [float(m.split("keeps ")[1].split()[0]) for m in messages(caplog, "the threshold cut keeps")]
+            assert len(kept) == 1 and 0.6 * 1.05 < kept[0] <= 0.69 * 1.05, kept  # the budget: the search cut the rest
         assert describe(tmp_path / name)["latency_kept"] == cut["latency_kept_measured"]  # jsp-report's column
         assert metrics["final"]["macs"] < metrics["dense"]["macs"]
         assert metrics["final"]["schedule"]["cost_aware"] == "latency"
-        timed = [r.getMessage() for r in caplog.records if "convolutions timed now" in r.getMessage()]
+        timed = messages(caplog, "convolutions timed now")
         assert len(timed) == 1 and ((name == "a") != ("(0 convolutions timed now)" in timed[0])), timed
     assert len(list(cache.glob("*.json"))) == 1
+
+
+def messages(caplog, part: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if part in r.getMessage()]
 
 
 def test_the_uniform_control_shrinks_to_a_latency_budget(tmp_path, monkeypatch):

@@ -71,6 +71,12 @@ class Schedule:
             default) is "latency" for a latency budget and "none" otherwise.
         budget_on: what ``constraint.budget`` counts, "params", "macs" or "latency".
         latency_cache: the folder of the latency tables (one per device description).
+        latency_margin: a penalty method's budget on latency (budget_on=latency): its budget
+            controller stops at (1 + this) x the budget, and the cut's measured search removes
+            the rest. A UNet's latency falls abruptly and noisily as the penalty switches units
+            off (0.64 -> 0.40 of the dense latency within a tenth of training, docs/benchmarks.md),
+            and what it switched off cannot be given back; approached from above, the last
+            stretch is cut to the measured budget instead. 0: the controller aims at the budget.
         round_to: round kept widths up to a multiple of this (1 = no rounding).
         finetune_steps: training steps after each pruning (0 = no fine-tuning).
         finetune_lr_scale: fine-tuning peak lr = trainer.lr * this.
@@ -98,7 +104,8 @@ class Schedule:
                  seed: int = 0, min_keep: float = 0.0, normalize: str = "max", cost_aware: str | None = None,
                  budget_on: str = "params", control_steps: int | None = None, distill: float = 0.0,
                  distill_temperature: float = 1.0, finetune_lr: str = "cosine", control_compute: bool = False,
-                 keep_latency: float | None = None, latency_cache: str = "~/.cache/jsp/latency"):
+                 keep_latency: float | None = None, latency_cache: str = "~/.cache/jsp/latency",
+                 latency_margin: float = 0.15):
         if rounds < 0:
             raise ConfigError(f"schedule.rounds must be >= 0, got {rounds}")
         check_importance(importance)
@@ -127,6 +134,9 @@ class Schedule:
         self.rounds, self.importance = rounds, importance
         self.keep_params, self.keep_macs, self.keep_latency = keep_params, keep_macs, keep_latency
         self.latency_cache = latency_cache
+        if not 0 <= latency_margin < 1:
+            raise ConfigError(f"schedule.latency_margin must be in [0, 1), got {latency_margin}")
+        self.latency_margin = latency_margin
         self.min_channels, self.round_to = min_channels, round_to
         self.finetune_steps, self.finetune_lr_scale = finetune_steps, finetune_lr_scale
         self.constraint_scale, self.seed = constraint_scale, seed
@@ -152,6 +162,13 @@ class Schedule:
         """Whether a cut or the budget is costed in latency (a latency table is needed)."""
         return self.rounds > 0 and (self.mode == "latency" or self.budget_on == "latency" or
                                     self.cost_aware == "latency")
+
+    def controller_budget(self, budget: float) -> float:
+        """What the budget controller aims at for the constraint's ``budget``: the budget itself,
+        or on latency (1 + latency_margin) x it, kept below 1 (the cut's search does the rest)."""
+        if self.budget_on != "latency":
+            return budget
+        return min(budget * (1 + self.latency_margin), (1 + budget) / 2)
 
     def keep_at(self, round_: int) -> float:
         """Fraction of the dense cost kept after round ``round_`` (1-based)."""
