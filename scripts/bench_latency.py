@@ -31,29 +31,38 @@ from jsp.constraints import find_units
 from jsp.errors import JSPError
 from jsp.models.saved import load_model, save_model
 from jsp.pruning import Target, layer_scores
-from jsp.pruning import prune as prune_model
 from jsp.saved_runs import model_folder
 
-# (cost, keep, round_to): budgets the benchmark compares; round_to=8 where width 8 allows it
-VARIANTS = [("params", 0.1, 1), ("params", 0.1, 8), ("params", 0.3, 1), ("params", 0.3, 8),
-            ("macs", 0.05, 1), ("macs", 0.2, 1), ("macs", 0.2, 4)]
+# (cost, keep, round_to, cost_aware): budgets the benchmark compares; round_to=8 where width 8
+# allows it; cost_aware="latency": the MAC budget met by ranking channels by l1 norm per predicted
+# millisecond (schedule.cost_aware=latency), which removes the slow full-resolution channels first
+VARIANTS = [("params", 0.1, 1, None), ("params", 0.1, 8, None), ("params", 0.3, 1, None), ("params", 0.3, 8, None),
+            ("macs", 0.05, 1, None), ("macs", 0.2, 1, None), ("macs", 0.2, 4, None),
+            ("macs", 0.05, 1, "latency"), ("macs", 0.2, 1, "latency")]
 
 
-def variants(start: Path, out: Path) -> list[Path]:
+def variants(start: Path, out: Path, cache: str) -> list[Path]:
     """The start pruned to each budget of VARIANTS, saved under OUT/models; those rounding
     cannot reach are skipped with a line."""
+    from jsp.pruning import PruneSettings, Pruner
+    from jsp.pruning.latency import LatencyTable
+
     folder, saved = model_folder(str(start)), []
-    for mode, keep, k in VARIANTS:
+    for mode, keep, k, aware in VARIANTS:
         model, meta = load_model(folder)
         layers = find_units(model, meta.get("in_channels", 3))
         size = tuple(meta["input_size"])
+        table = LatencyTable("cpu", cache) if aware == "latency" else None
+        pruner = Pruner(model, layers, meta["in_channels"], size, PruneSettings(min_channels=2, round_to=k,
+                                                                                 cost_aware=aware), 64, table)
         try:
-            prune_model(model, layers, layer_scores("l1_norm", layers, {}), Target(mode, keep), meta["in_channels"],
-                        64, size, min_channels=2, round_to=k)
+            if table is not None:
+                pruner.calibrate_latency()
+            pruner.prune(layer_scores("l1_norm", layers, {}), Target(mode, keep))
         except JSPError as e:
             print(f"skipped {mode} {keep} round_to={k}: {e}", file=sys.stderr)
             continue
-        path = out / "models" / f"{start.name}_l1_{mode}{keep}_r{k}"
+        path = out / "models" / f"{start.name}_l1_{mode}{keep}_r{k}{'_' + aware if aware else ''}"
         save_model(path, model, meta["architecture"], stage="pruned", input_size=list(size),
                    in_channels=meta["in_channels"])
         saved.append(path)
@@ -124,7 +133,7 @@ def main() -> None:
     if a.fresh:
         a.start = str(fresh(a.fresh, out))
     lat, searched = latency_variants(Path(a.start), out, a.latency, a.latency_cache) if a.latency else ([], {})
-    models = [a.start, *([] if a.no_variants else map(str, variants(Path(a.start), out))), *map(str, lat), *a.runs]
+    models = [a.start, *([] if a.no_variants else map(str, variants(Path(a.start), out, a.latency_cache))), *map(str, lat), *a.runs]
     report = bench(models, ["torch", "onnxruntime"], a.batch, "cpu", a.rounds, 0.5)
     for row in report["rows"]:
         row.update(searched.get(row["model"], {}))
