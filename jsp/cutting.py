@@ -85,7 +85,7 @@ def enforce_budget(state: RunState, pruner: Pruner) -> None:
     s = state.schedule
     if s.budget_on == "latency":
         calibrate_latency(state, pruner)
-    kept, budget = pruner.cost_if_pruned(s.budget_on), s.controller_budget(state.budget)
+    kept, budget = pruner.cost_if_pruned(s.budget_on), state.constraint.controller.budget  # its own (latency_margin)
     target = Target(s.budget_on, min(1.0, budget * state.dense_cost[s.budget_on] / pruner.cost(s.budget_on)))
     zeroed = pruner.zero(unit_scores(state), target)
     log.warning("budget deadline: the constraint had reached %.3f of the %s (its controller's budget %.3f); %d more "

@@ -13,7 +13,8 @@ import yaml
 from jsp.selection import setting_of
 
 COLUMNS = ["dataset", "method", "model", "lambdas", "setting", "keep", "seed", "params", "macs", "weight_mb",
-           "peak_mb", "latency_ms", "val_miou", "miou", "f1", "auc", "pruned_miou", "pruned_f1", "zeroed", "cut_change", "latency_kept", "train_steps", "train_tmacs", "run"]
+           "peak_mb", "latency_ms", "val_miou", "miou", "f1", "auc", "pruned_miou", "pruned_f1", "zeroed", "cut_change",
+           "latency_kept", "train_steps", "train_tmacs", "run"]
 QUALITY = ["params", "macs", "weight_mb", "peak_mb", "latency_ms", "miou", "f1", "auc", "pruned_miou", "pruned_f1", "zeroed",
            "cut_change", "latency_kept", "train_steps", "train_tmacs"]
 

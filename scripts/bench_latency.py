@@ -133,7 +133,8 @@ def main() -> None:
     if a.fresh:
         a.start = str(fresh(a.fresh, out))
     lat, searched = latency_variants(Path(a.start), out, a.latency, a.latency_cache) if a.latency else ([], {})
-    models = [a.start, *([] if a.no_variants else map(str, variants(Path(a.start), out, a.latency_cache))), *map(str, lat), *a.runs]
+    cuts = [] if a.no_variants else map(str, variants(Path(a.start), out, a.latency_cache))
+    models = [a.start, *cuts, *map(str, lat), *a.runs]
     report = bench(models, ["torch", "onnxruntime"], a.batch, "cpu", a.rounds, 0.5)
     for row in report["rows"]:
         row.update(searched.get(row["model"], {}))
